@@ -1,0 +1,135 @@
+"""Turning an FP32 SASRec into a fake-quantized one, and training it.
+
+``quantize_model`` swaps every ``nn.Linear`` for a :class:`QuantLinear` (weights per output channel,
+inputs per tensor), every ``nn.Embedding`` for a :class:`QuantEmbedding` (per row; the item table's
+quantizer is shared with the scoring head, ``head_weight``) and fills the model's named points
+(``embed_out``, ``attn_out[i]``, ``ffn_out[i]``, ``head_input``) with activation quantizers.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from importlib import import_module
+
+import torch
+from torch import nn
+
+from .core import QuantEmbedding, QuantLinear, Quantizer
+
+METHODS = ("ste", "lsq", "pact", "dorefa", "apot", "adaround")
+
+#: Linear layers whose input is a ReLU output (non-negative): unsigned methods go here.
+POST_RELU = ("ffn.fc2",)
+#: the model's activation points (module names ending so)
+ACT_POINTS = ("embed_out", "attn_out", "ffn_out", "head_input")
+
+
+def method_module(method: str):
+    if method not in METHODS:
+        raise ValueError(f"unknown QAT method {method!r}; choose one of {', '.join(METHODS)}")
+    return import_module(f"sasrec_nb.quant.{method}")
+
+
+def make_quantizer(method: str, role: str, bits: int, **options) -> Quantizer:
+    """One quantizer of ``method`` for ``role`` "weight" (options: axis, channels) or "act" (signed)."""
+    module = method_module(method)
+    if role == "weight":
+        return module.weight_quantizer(bits, **options)
+    if role == "act":
+        return module.act_quantizer(bits, **options)
+    raise ValueError(f"role must be 'weight' or 'act', got {role!r}")
+
+
+def quantize_model(
+    model: nn.Module,
+    method: str,
+    weight_bits: int = 8,
+    act_bits: int = 8,
+    embed_bits: int = 8,
+    calibration: Iterable[torch.Tensor] | None = None,
+    **options,
+) -> nn.Module:
+    """A new model with every Linear, Embedding and named point quantized by ``method``.
+
+    ``embed_bits`` sets the item and position tables (kept at 8 bits by default: the item table is both
+    the first and the last layer). ``calibration`` (batches of item-id sequences) initialises the
+    activation grids; without it they initialise on the first batch they see.
+    """
+    module = method_module(method)
+    qmodel = copy.deepcopy(model)
+    for name, child in list(qmodel.named_modules()):
+        for attr, sub in list(child.named_children()):
+            full = f"{name}.{attr}" if name else attr
+            if isinstance(sub, nn.Linear) and not isinstance(sub, QuantLinear):
+                wq = module.weight_quantizer(weight_bits, axis=0, channels=sub.out_features, **options)
+                aq = module.act_quantizer(act_bits, signed=not full.endswith(POST_RELU), **options)
+                wq.init_from(sub.weight.detach())
+                wq.initialized.fill_(True)
+                setattr(child, attr, QuantLinear(sub, wq, aq))
+            elif isinstance(sub, nn.Embedding) and not isinstance(sub, QuantEmbedding):
+                wq = module.weight_quantizer(embed_bits, axis=0, channels=sub.num_embeddings, **options)
+                wq.init_from(sub.weight.detach())
+                wq.initialized.fill_(True)
+                setattr(child, attr, QuantEmbedding(sub, wq))
+            elif isinstance(sub, nn.Identity) and attr in ACT_POINTS:
+                setattr(child, attr, module.act_quantizer(act_bits, signed=True, **options))
+    if hasattr(qmodel, "head_weight") and isinstance(getattr(qmodel, "item_emb", None), QuantEmbedding):
+        qmodel.head_weight = qmodel.item_emb.weight_quantizer
+    qmodel.quant_config = dict(method=method, weight_bits=weight_bits, act_bits=act_bits, embed_bits=embed_bits,
+                               options=options)
+    if calibration is not None:
+        calibrate_activations(qmodel, calibration)
+    return qmodel
+
+
+def quantizers(model: nn.Module, role: str | None = None) -> dict[str, Quantizer]:
+    """Named quantizers of a model (each once), optionally only ``role`` "weight" or "act"."""
+    found: dict[str, Quantizer] = {}
+    seen: set[int] = set()
+    for name, m in model.named_modules(remove_duplicate=False):
+        if not isinstance(m, Quantizer) or id(m) in seen:
+            continue
+        seen.add(id(m))
+        is_weight = name.endswith("weight_quantizer")
+        if role is None or (role == "weight") == is_weight:
+            found[name] = m
+    return found
+
+
+@torch.no_grad()
+def calibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Initialise every activation grid from the FP activations of a few batches (eval mode)."""
+    acts = quantizers(model, "act")
+    was_training = model.training
+    model.eval()
+    for q in acts.values():
+        q.start_calibration()
+    device = next(model.parameters()).device
+    for seqs in batches:
+        model(seqs.to(device))
+    for q in acts.values():
+        q.finish_calibration()
+    model.train(was_training)
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, quant_lr: float | None = None) -> list[dict]:
+    """Model weights in one group; quantizer parameters in groups of their own lr and weight decay.
+
+    Adam divides each update by the running RMS of the gradient, so LSQ's gradient scale g barely
+    changes Adam's steps (qat_methods.md §0): the quantizer's own learning rate is what keeps its
+    relative update small. PACT's L2 on α (λ_α) is its group's weight decay.
+    """
+    quant_ids: dict[int, float] = {}
+    for q in quantizers(model).values():
+        for p in q.parameters(recurse=False):
+            quant_ids[id(p)] = q.param_weight_decay
+    weights = [p for p in model.parameters() if id(p) not in quant_ids and p.requires_grad]
+    groups = [{"params": weights, "lr": lr, "weight_decay": weight_decay, "name": "weights"}]
+    by_decay: dict[float, list] = {}
+    for p in model.parameters():
+        if id(p) in quant_ids and p.requires_grad:
+            by_decay.setdefault(quant_ids[id(p)], []).append(p)
+    for decay, params in sorted(by_decay.items()):
+        groups.append({"params": params, "lr": quant_lr if quant_lr is not None else lr,
+                       "weight_decay": decay, "name": f"quantizers(wd={decay:g})"})
+    return groups
