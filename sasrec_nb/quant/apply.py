@@ -106,7 +106,9 @@ def calibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
         q.start_calibration()
     device = next(model.parameters()).device
     for seqs in batches:
-        model(seqs.to(device))
+        hidden = model(seqs.to(device))
+        if hasattr(model, "logits"):  # reaches head_input, which only the scoring head uses
+            model.logits(hidden)
     for q in acts.values():
         q.finish_calibration()
     model.train(was_training)

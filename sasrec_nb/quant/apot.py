@@ -1,0 +1,158 @@
+"""APoT: additive powers-of-two quantization (Li, Dong & Wang, ICLR 2020, arXiv 1909.13144).
+
+Levels (§2.2): with base bit-width k = 2 and b = k·n,
+
+    Q^a(α, b) = α · γ · {Σ_{i=0}^{n−1} p_i},   p_i ∈ {0, 2^−i, 2^−(i+n), 2^−(i+2n)}
+
+and γ normalises the largest sum to 1. :func:`apot_levels` reproduces the official builder
+(yhhhli/APoT_Quantization, ``build_power_value``) for B = 2..6: the formula for even B and the
+official uneven splits for B = 3 and 5 (table :data:`ODD_TERMS`). Project extension (the official code
+gives NaN above 6 bits): B = 7 and 8 follow the formula with n = ⌈B/2⌉ terms, the last one 1 bit
+({0, 2^−(i+1)}) when B is odd, giving 128 and 256 distinct levels; B = 1 is {0, 1}. APoT is meant
+for 2–5 bits: at 8 bits its gain is shift-add hardware, not accuracy (its widest gap, 1/16 of α at
+B = 8 and 1/15 at B = 7, is the step of a 4-bit uniform grid).
+
+Forward (§2.3), u = clip(x/α, −1, 1) (signed) or clip(x/α, 0, 1) (unsigned):
+
+    x̂ = α · sign(u) · Π(|u|),   Π = nearest level, straight-through in the backward pass
+
+so autograd gives RCF's ∂x̂/∂α = sign(x) where |x/α| ≥ 1 and Π(u) − u inside, and ∂x̂/∂x = 1 inside,
+0 outside (the ImageNet code). Π is ``torch.bucketize`` on the midpoints of the sorted levels,
+O(N log L) with ties going to the level nearer zero; the official argmin over a hash-ordered level
+list builds an N × L matrix and breaks ties by that order.
+
+Weights are signed: sign + (b−1)-bit magnitude, ±apot_levels(b−1), so 2b−1 levels (15 at 4 bits). A
+2-bit weight is the uniform ternary {−α, 0, α}, as in the official code: not APoT. Weight
+normalisation (§2.4): ŵ = (w − μ)/σ with differentiable μ, σ (the ImageNet code), per output row
+when ``axis`` is given (α, μ, σ per row), per tensor otherwise (the paper). SASRec adaptation: the
+official conv is followed by BatchNorm and uses α·Π(ŵ/α) as is; a SASRec Linear has no BatchNorm, so
+the scale and shift are re-applied, ŵ_q = σ · α · Π(ŵ/α) + μ, keeping the layer's function.
+
+α₀ (choices):
+
+* weights up to 6 bits: 3.0, i.e. 3σ (the official default);
+* weights at 7–8 bits: max|ŵ| per row, no clipping. On Gaussian rows of 32–128 and a 16k tensor the
+  8-bit quantization MSE is 1.5–2.5× lower than with 3.0 (1.25–1.5× at 7 bits);
+* activations (and weights with ``apot_normalize=False``): max|x| of the calibration sample; the
+  official code uses a constant 6 (ImageNet) or 8 (CIFAR).
+
+Activations are unsigned with B = bits (put them after ReLU). The signed variant for SASRec's
+LayerNorm outputs and embeddings is a project variant: the weight grid without normalisation. The
+optional LSQ-style gradient scale on α (official default: none) is left out; under Adam it has almost
+no effect (qat_methods.md §0).
+
+Export: uint8 codes into the sorted signed (or unsigned) level table, at most 255 (256) entries up to
+8 bits, scale α·σ per channel and offset μ, so ``scale · table[code] + offset`` equals the forward.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import nn
+
+from .core import EPS, Exported, Quantizer, broadcast, reduce_except
+
+#: the official uneven splits: exponents e of each term's non-zero options 2^−e (every term also has 0)
+ODD_TERMS = {3: ((1, 2, 4), (3,)), 5: ((1, 3, 6), (2, 4, 7), (5,))}
+#: above this many bits a weight's α₀ is max|ŵ| instead of the official 3.0
+OFFICIAL_MAX_BITS = 6
+
+
+def apot_terms(B: int) -> tuple[tuple[int, ...], ...]:
+    """Exponents of each term's non-zero options: the official splits, else the paper formula."""
+    if B in ODD_TERMS:
+        return ODD_TERMS[B]
+    n = math.ceil(B / 2)
+    return tuple((i + 1,) if 2 * i + 1 == B else tuple(i + j * n + 1 for j in range(3)) for i in range(n))
+
+
+def apot_levels(B: int) -> torch.Tensor:
+    """Sorted normalised APoT magnitudes in [0, 1] (max 1): 2, 4, 8, 16, 32, 64, 128, 256 for B = 1..8."""
+    if not 1 <= B <= 8:
+        raise ValueError(f"APoT levels are defined for 1 to 8 bits, got {B!r}")
+    options = [(0.0, *(2.0**-e for e in term)) for term in apot_terms(B)]
+    sums = torch.tensor(sorted({sum(c) for c in itertools.product(*options)}), dtype=torch.float64)
+    return (sums / sums[-1]).float()
+
+
+class APoTQuantizer(Quantizer):
+    method = "apot"
+    supported_bits = (2, 8)
+
+    def __init__(self, bits: int, signed: bool = True, axis: int | None = None, channels: int | None = None,
+                 normalize: bool = False):
+        super().__init__(bits, signed, axis, channels)
+        self.normalize = normalize
+        magnitudes = apot_levels(bits - 1 if signed else bits)
+        table = torch.cat([-magnitudes.flip(0)[:-1], magnitudes]) if signed else magnitudes
+        self.register_buffer("table", table, persistent=False)
+        self.register_buffer("midpoints", (magnitudes[1:] + magnitudes[:-1]) / 2, persistent=False)
+        self.alpha = nn.Parameter(torch.ones(self.param_shape()))
+        if normalize:
+            self.register_buffer("mean", torch.zeros(self.param_shape()))
+            self.register_buffer("std", torch.ones(self.param_shape()))
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.alpha.detach().clamp_min(EPS)
+
+    def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Differentiable μ and σ per channel (per tensor when axis is None), shaped to broadcast on x."""
+        dims = [d for d in range(x.dim()) if d != self.axis]
+        mu, sigma = x.mean(dims, keepdim=True), x.std(dims, keepdim=True).clamp_min(EPS)
+        self.mean.copy_(mu.detach().reshape(self.mean.shape))
+        self.std.copy_(sigma.detach().reshape(self.std.shape))
+        return mu, sigma
+
+    def unit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """u = clip(ŵ/α) and the (scale, offset) that map the unit grid back: x̂ = scale · Π(u) + offset."""
+        alpha = broadcast(self.alpha.clamp_min(EPS), x, self.axis)
+        lo = -1.0 if self.signed else 0.0
+        if not self.normalize:
+            return torch.clamp(x / alpha, lo, 1.0), alpha, None
+        mu, sigma = self.moments(x)
+        return torch.clamp((x - mu) / sigma / alpha, lo, 1.0), alpha * sigma, mu
+
+    def project(self, u: torch.Tensor) -> torch.Tensor:
+        """Index into ``table`` of the level nearest to u (the magnitude is projected; ties toward zero)."""
+        idx = torch.bucketize(u.abs(), self.midpoints)
+        if not self.signed:
+            return idx
+        zero = self.midpoints.numel()
+        return torch.where(u < 0, zero - idx, zero + idx)
+
+    def init_from(self, x: torch.Tensor) -> None:
+        if self.normalize:
+            mu, sigma = self.moments(x)
+            if self.bits <= OFFICIAL_MAX_BITS:
+                self.alpha.data.fill_(3.0)
+                return
+            x = (x - mu) / sigma
+        self.alpha.data.copy_(reduce_except(x, self.axis).clamp_min(EPS))
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        u, scale, offset = self.unit(x)
+        q = self.table[self.project(u.detach())] + (u - u.detach())
+        return q * scale if offset is None else q * scale + offset
+
+    def levels(self) -> torch.Tensor:
+        lv = self.scale.unsqueeze(-1) * self.table
+        return self.std.unsqueeze(-1) * lv + self.mean.unsqueeze(-1) if self.normalize else lv
+
+    @torch.no_grad()
+    def export(self, x: torch.Tensor) -> Exported:
+        u, scale, offset = self.unit(x)
+        shape = self.param_shape()
+        return Exported(self.project(u).to(torch.uint8), scale.reshape(shape), self.axis, self.table.clone(),
+                        None if offset is None else offset.reshape(shape))
+
+
+def weight_quantizer(bits: int, axis: int | None = None, channels: int | None = None,
+                     apot_normalize: bool = True, **_) -> APoTQuantizer:
+    return APoTQuantizer(bits, signed=True, axis=axis, channels=channels, normalize=apot_normalize)
+
+
+def act_quantizer(bits: int, signed: bool = True, **_) -> APoTQuantizer:
+    return APoTQuantizer(bits, signed=signed)

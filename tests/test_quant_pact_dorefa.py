@@ -1,0 +1,230 @@
+"""PACT and DoReFa: the verified cases of qat_methods.md §3-4, export, per-channel and integration."""
+import pytest
+import torch
+
+from sasrec_nb.model import SASRec
+from sasrec_nb.quant import make_quantizer, param_groups, quantize_model, quantizers, round_ste
+
+ATOL = 1e-5
+
+
+def fixed_pact(bits: int, alpha: float, signed: bool):
+    q = make_quantizer("pact", "act", bits, signed=signed)
+    q.alpha.data.fill_(alpha)
+    q.initialized.fill_(True)
+    return q
+
+
+def close(a: torch.Tensor, b) -> bool:
+    return torch.allclose(a, torch.as_tensor(b, dtype=a.dtype), atol=ATOL, rtol=0)
+
+
+# -- PACT ------------------------------------------------------------------------------------------
+def test_pact_reference_case():
+    q = fixed_pact(2, 2.0, signed=False)
+    x = torch.tensor([-0.5, 0.3, 1.1, 2.5, 4.0], requires_grad=True)
+    y = q(x)
+    y.sum().backward()
+    assert close(y, [0, 0, 4 / 3, 2, 2])
+    assert close(x.grad, [0, 1, 1, 0, 0])
+    assert q.alpha.grad.item() == pytest.approx(2.0, abs=ATOL)
+
+
+def test_pact_alpha_gradient_differs_from_lsq_style_autograd():
+    x = torch.tensor([-0.5, 0.3, 1.1, 2.5, 4.0])
+    a = torch.tensor(2.0, requires_grad=True)
+    s = a / 3
+    (round_ste(torch.minimum(x.clamp_min(0), a) / s) * s).sum().backward()
+    assert a.grad.item() == pytest.approx(1.966667, abs=ATOL)
+    q = fixed_pact(2, 2.0, signed=False)
+    q(x).sum().backward()
+    assert q.alpha.grad.item() == pytest.approx(2.0, abs=ATOL)
+
+
+def test_pact_signed_variant_gradient():
+    q = fixed_pact(3, 2.0, signed=True)  # 3 steps per side, grid {0, ±2/3, ±4/3, ±2}
+    x = torch.tensor([-3.0, -2.0, -0.9, 0.2, 0.7, 2.5], requires_grad=True)
+    y = q(x)
+    y.backward(torch.arange(1.0, 7.0))
+    assert close(y, [-2, -2, -2 / 3, 0, 2 / 3, 2])
+    assert close(x.grad, [0, 2, 3, 4, 5, 0])  # x = −α is inside: both x and α get the gradient
+    assert q.alpha.grad.item() == pytest.approx(-1 - 2 + 6, abs=ATOL)  # sign(x) where |x| ≥ α
+    assert close(q.levels(), [-2, -4 / 3, -2 / 3, 0, 2 / 3, 4 / 3, 2])
+
+
+def test_pact_alpha_init_from_calibration_or_constant():
+    x = torch.tensor([0.0, 0.5, 3.5, 1.0])
+    q = make_quantizer("pact", "act", 4, signed=False)
+    q.start_calibration()
+    q(x)
+    q.finish_calibration()
+    assert q.scale.item() == pytest.approx(3.5)
+    assert q.clipped_fraction(x) == 0.0
+    q = make_quantizer("pact", "act", 4, signed=False, pact_alpha_init=10.0)
+    q(x)
+    assert q.scale.item() == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("bits", [2, 4, 8, 12])
+def test_pact_export_round_trip(bits, signed):
+    x = torch.randn(64, generator=torch.Generator().manual_seed(bits)) * 2
+    q = fixed_pact(bits, 1.5, signed=signed)
+    e = q.export(x)
+    assert torch.allclose(e.dequantize(), q(x), atol=1e-6)
+    n = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+    assert e.scale.item() == pytest.approx(1.5 / n)
+    assert e.codes.dtype == (torch.int32 if bits > 8 else torch.int8 if signed else torch.uint8)
+
+
+def test_pact_weight_decay_in_param_groups():
+    model = SASRec(20, 8, 1, 1, 5)
+    for decay, options in ((1e-4, {}), (1e-3, {"pact_alpha_decay": 1e-3})):
+        qmodel = quantize_model(model, "pact", **options)
+        alphas = {id(q.alpha) for q in quantizers(qmodel, "act").values()}
+        (group,) = [g for g in param_groups(qmodel, 1e-3) if g["name"] != "weights"]
+        assert group["weight_decay"] == decay
+        assert {id(p) for p in group["params"]} == alphas
+
+
+def test_pact_weights_are_dorefa():
+    q = make_quantizer("pact", "weight", 4, axis=0, channels=3, dorefa_rescale=False)
+    assert q.method == "dorefa" and not q.rescale
+
+
+# -- DoReFa weights --------------------------------------------------------------------------------
+def test_dorefa_weight_reference_case():
+    q = make_quantizer("dorefa", "weight", 2, dorefa_rescale=False)
+    w = torch.tensor([-1.0, -0.2, 0.0, 0.3, 0.8], requires_grad=True)
+    assert close(q.normalise(w.detach()), [0, 0.370420, 0.5, 0.691252, 0.935952])
+    y = q(w)
+    y.sum().backward()
+    assert close(y, [-1, -1 / 3, 1 / 3, 1 / 3, 1])
+    assert close(w.grad, [0.548820, 1.261883, 1.313035, 1.201607, 0.734059])
+    v = w.detach().clone().requires_grad_()
+    t = torch.tanh(v)
+    (t / t.abs().max()).sum().backward()  # the smooth surrogate, gradient through the max included
+    assert torch.allclose(w.grad, v.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("bits, value", [(2, 0.333333), (3, 0.142857), (4, 0.066667), (8, 0.003922)])
+def test_dorefa_zero_weight_has_no_zero_level(bits, value):
+    q = make_quantizer("dorefa", "weight", bits, dorefa_rescale=False)
+    y = q(torch.tensor([-1.0, 0.0, 0.3, 0.8]))
+    assert y[1].item() == pytest.approx(value, abs=ATOL)
+    assert not (q.levels() == 0).any() and q.levels().numel() == 2**bits
+
+
+def test_dorefa_one_bit_weights():
+    q = make_quantizer("dorefa", "weight", 1)
+    w = torch.tensor([-1.0, -0.2, 0.0, 0.3, 0.5], requires_grad=True)
+    y = q(w)
+    y.sum().backward()
+    e = 0.4  # mean|w|, a stop-gradient
+    assert close(y, [-e, -e, e, e, e])  # zero maps to +E
+    assert close(w.grad, torch.ones(5))
+    assert q.scale.item() == pytest.approx(e)
+
+
+def test_dorefa_rescale_follows_latent_weights():
+    q = make_quantizer("dorefa", "weight", 2)
+    w = torch.tensor([-0.05, 0.01, 0.02, 0.04])
+    assert close(q(w), [-0.05, 0.05 / 3, 0.05 / 3, 0.05])
+    q(w * 2)
+    assert q.scale.item() == pytest.approx(0.1)
+
+
+def test_dorefa_per_channel_weights():
+    w = torch.tensor([[-1.0, -0.2, 0.0, 0.3], [0.05, -0.02, 0.01, 0.04]])
+    q = make_quantizer("dorefa", "weight", 2, axis=0, channels=2)
+    q.init_from(w)
+    y = q(w)
+    assert close(q.scale, [1.0, 0.05])
+    assert q.levels().shape == (2, 4)
+    for row in range(2):  # each row is the per-tensor quantizer applied to that row alone
+        alone = make_quantizer("dorefa", "weight", 2)
+        assert torch.allclose(y[row], alone(w[row]), atol=1e-6)
+    assert close(y[1], [0.05, -0.05 / 3, 0.05 / 3, 0.05])
+    per_tensor = make_quantizer("dorefa", "weight", 2)
+    assert not torch.allclose(per_tensor(w)[1], y[1], atol=1e-3)
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+@pytest.mark.parametrize("bits", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("axis", [None, 0])
+def test_dorefa_weight_export_round_trip(bits, axis, rescale):
+    w = torch.randn(6, 5, generator=torch.Generator().manual_seed(bits)) * 0.1
+    w[2] = 0.0  # a padding row
+    q = make_quantizer("dorefa", "weight", bits, axis=axis, channels=None if axis is None else 6,
+                       dorefa_rescale=rescale)
+    e = q.export(w)
+    assert torch.allclose(e.dequantize(), q(w), atol=1e-6)
+    assert e.codes.dtype == (torch.uint8 if bits <= 8 else torch.int32)
+    assert int(e.codes.max()) <= 2**bits - 1
+    assert close(e.levels, 2 * torch.arange(2**bits) / (2**bits - 1) - 1)
+
+
+@pytest.mark.parametrize("method", ["dorefa", "pact"])
+def test_16_bit_weights_close_to_float_only_with_rescale(method):
+    w = torch.randn(8, 16, generator=torch.Generator().manual_seed(0)) * 0.05
+    q = make_quantizer(method, "weight", 16, axis=0, channels=8)
+    assert torch.allclose(q(w), w, atol=1e-3)
+    raw = make_quantizer(method, "weight", 16, axis=0, channels=8, dorefa_rescale=False)
+    assert raw(w).abs().amax().item() == pytest.approx(1.0)  # the scale mismatch
+
+
+# -- DoReFa activations ----------------------------------------------------------------------------
+def test_dorefa_activation_reference_case():
+    q = make_quantizer("dorefa", "act", 2, signed=False, dorefa_act_range=1.0)
+    x = torch.tensor([-0.5, 0.1, 0.45, 0.8, 1.7], requires_grad=True)
+    y = q(x)
+    y.sum().backward()
+    assert close(y, [0, 0, 1 / 3, 2 / 3, 1])
+    assert close(x.grad, [0, 1, 1, 1, 0])
+    assert q.scale.item() == 1.0
+
+
+def test_dorefa_activation_range_from_calibration_and_signed_variant():
+    x = torch.tensor([-2.0, -0.5, 0.1, 0.9, 4.0])
+    q = make_quantizer("dorefa", "act", 3, signed=True)  # 3 steps per side on [−4, 4]
+    q.start_calibration()
+    q(x)
+    q.finish_calibration()
+    assert q.scale.item() == 4.0
+    assert close(q(x), [-8 / 3, 0, 0, 4 / 3, 4])
+    assert close(q.levels(), 4 / 3 * torch.arange(-3.0, 4.0))
+    assert list(q.parameters()) == []  # the range is not learned
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("bits", [2, 4, 8, 16])
+def test_dorefa_activation_export_round_trip(bits, signed):
+    x = torch.randn(64, generator=torch.Generator().manual_seed(bits))
+    q = make_quantizer("dorefa", "act", bits, signed=signed)
+    q.init_from(x[:32])
+    q.initialized.fill_(True)
+    e = q.export(x)
+    assert torch.allclose(e.dequantize(), q(x), atol=1e-6)
+
+
+# -- bit widths and integration --------------------------------------------------------------------
+@pytest.mark.parametrize("method, role, bad, supported", [
+    ("dorefa", "weight", 0, "1 to 16"), ("dorefa", "weight", 17, "1 to 16"),
+    ("dorefa", "act", 1, "2 to 16"), ("pact", "act", 1, "2 to 16"), ("pact", "act", 17, "2 to 16"),
+])
+def test_unsupported_bits(method, role, bad, supported):
+    with pytest.raises(ValueError, match=supported):
+        make_quantizer(method, role, bad)
+
+
+@pytest.mark.parametrize("method", ["pact", "dorefa"])
+def test_quantized_sasrec_trains(method):
+    torch.manual_seed(0)
+    seqs = torch.randint(0, 21, (4, 5))
+    qmodel = quantize_model(SASRec(20, 8, 1, 1, 5), method, weight_bits=4, act_bits=4, calibration=[seqs])
+    out = qmodel.logits(qmodel(seqs))
+    out.pow(2).mean().backward()
+    assert torch.isfinite(out).all()
+    assert qmodel.blocks[0].ffn.fc1.weight.grad.abs().sum() > 0
+    if method == "pact":
+        assert all(q.alpha.grad is not None for q in quantizers(qmodel, "act").values())
