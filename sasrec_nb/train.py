@@ -122,7 +122,7 @@ def fit(
     seed_everything(profile.seed)
     loader = train_loader(split, profile.batch_size, profile.seed, profile.train_windows)
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    optimizer = torch.optim.Adam(groups, lr=lr or profile.lr, betas=(0.9, 0.98), weight_decay=profile.weight_decay)
+    optimizer = torch.optim.Adam(groups, lr=profile.lr if lr is None else lr, betas=(0.9, 0.98), weight_decay=profile.weight_decay)
     gen = torch.Generator().manual_seed(profile.seed)
     history: dict = {"epochs": [], "best_epoch": None, "stopped_early": False}
     best, best_state, bad = -math.inf, None, 0

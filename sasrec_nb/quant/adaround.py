@@ -43,8 +43,8 @@ ZETA, GAMMA = 1.1, -0.1
 #: BRECQ's grid search: candidates and the L_p norm it minimises
 GRID_CANDIDATES, GRID_P = 80, 2.4
 ROUNDING = ("soft", "hard", "nearest")
-#: rows of final hidden states per step (and for the reported errors) when reconstructing the scores
-HEAD_ROWS, HEAD_EVAL_ROWS = 256, 4096
+#: rows of final hidden states per step when reconstructing the scores; rows for the reported errors
+HEAD_ROWS, EVAL_ROWS = 256, 4096
 #: sequences per forward pass while capturing layer inputs
 CHUNK = 256
 
@@ -227,30 +227,37 @@ def _hidden(qmodel: nn.Module, seqs: torch.Tensor) -> torch.Tensor:
     return torch.cat([qmodel.head_input(qmodel(batch)) for batch in seqs.split(CHUNK)])
 
 
-def _recon(fp_out: Callable, q_out: Callable, x: torch.Tensor, xq: torch.Tensor) -> torch.Tensor:
+def _sq_err(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     """Mean over rows of the squared error summed over output features."""
-    with torch.no_grad():
-        target = fp_out(x)
-    return (target - q_out(xq)).pow(2).sum(-1).mean()
+    return (target - pred).pow(2).sum(-1).mean()
 
 
 @torch.no_grad()
-def _errors(wq: AdaRoundQuantizer, fp_out: Callable, q_out: Callable, x: torch.Tensor, xq: torch.Tensor) -> dict:
-    """Reconstruction error on all given rows for each rounding mode (the grid is the same)."""
+def _errors(wq: AdaRoundQuantizer, target: torch.Tensor, q_out: Callable, xq: torch.Tensor) -> dict[str, float]:
+    """Reconstruction error of each rounding mode on the same rows, grid and x̃."""
     errors = {}
     for mode in ("nearest", "soft", "hard"):
         wq.rounding = mode
-        total = sum(_recon(fp_out, q_out, a, b).item() * len(a) for a, b in zip(x.split(4096), xq.split(4096)))
-        errors[mode] = total / len(x)
+        errors[mode] = _sq_err(target, q_out(xq)).item()
     wq.rounding = "hard"
     return errors
 
 
 def _reconstruct(wq: AdaRoundQuantizer, fp_out: Callable, q_out: Callable, x: torch.Tensor, xq: torch.Tensor,
-                 mask: torch.Tensor, gen: torch.Generator, iters: int, batch_size: int, lam: float, lr: float,
+                 row_id: torch.Tensor, gen: torch.Generator, iters: int, batch_size: int, lam: float, lr: float,
                  warmup: float, beta: tuple[float, float], schedule: str, max_rows: int | None,
                  snapshots: list | None) -> dict:
-    """Optimise V of one layer on batches of sequences (real positions only), then round it hard."""
+    """Optimise V of one layer, then round hard. x, xq: ``[R, d]`` real positions; row_id: ``[N, L]``, −1 = pad.
+
+    A step takes the positions of ``batch_size`` random sequences (at most ``max_rows`` of them).
+    """
+    with torch.no_grad():  # FP targets, unless they are too large to keep (the scores)
+        targets = None if max_rows else torch.cat([fp_out(c) for c in x.split(4096)])
+
+    def target(rid: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return fp_out(x[rid]) if targets is None else targets[rid]
+
     wq.rounding = "soft"
     wq.v.requires_grad_(True)
     opt = torch.optim.Adam([wq.v], lr=lr)
@@ -260,14 +267,12 @@ def _reconstruct(wq: AdaRoundQuantizer, fp_out: Callable, q_out: Callable, x: to
     for t in range(iters):
         if snapshots is not None and t in marks:
             snapshots.append((marks[t], wq.h().detach().flatten().clone()))
-        idx = torch.randperm(len(x), generator=gen)[:batch_size]
-        rows = mask[idx]
-        xb, xqb = x[idx][rows], xq[idx][rows]
-        if max_rows is not None and len(xb) > max_rows:
-            keep = torch.randperm(len(xb), generator=gen)[:max_rows]
-            xb, xqb = xb[keep], xqb[keep]
+        rid = row_id[torch.randperm(len(row_id), generator=gen)[:batch_size]].flatten()
+        rid = rid[rid >= 0]
+        if max_rows and len(rid) > max_rows:
+            rid = rid[torch.randperm(len(rid), generator=gen)[:max_rows]]
         b = beta_schedule(t, iters, warmup, *beta, kind=schedule)
-        recon = _recon(fp_out, q_out, xb, xqb)
+        recon = _sq_err(target(rid), q_out(xq[rid]))
         reg = wq.regularizer(b) if t >= warmup * iters else torch.zeros(())
         opt.zero_grad(set_to_none=True)
         (recon + lam * reg).backward()
@@ -278,12 +283,10 @@ def _reconstruct(wq: AdaRoundQuantizer, fp_out: Callable, q_out: Callable, x: to
     if snapshots is not None:
         snapshots.append((1.0, wq.h().detach().flatten().clone()))
     wq.v.requires_grad_(False)
-    rows = mask.nonzero()
-    if max_rows is not None and len(rows) > HEAD_EVAL_ROWS:
-        rows = rows[torch.randperm(len(rows), generator=gen)[:HEAD_EVAL_ROWS]]
-    errors = _errors(wq, fp_out, q_out, x[rows[:, 0], rows[:, 1]], xq[rows[:, 0], rows[:, 1]])
+    rid = torch.randperm(len(x), generator=gen)[:EVAL_ROWS]
+    errors = _errors(wq, target(rid), q_out, xq[rid])
     return {"mse_nearest": errors["nearest"], "mse_adaround": errors["hard"], "mse_soft": errors["soft"],
-            "soft_hard_gap": errors["hard"] - errors["soft"], "curve": curve}
+            "soft_hard_gap": errors["hard"] - errors["soft"], "eval_rows": len(rid), "curve": curve}
 
 
 def calibrate(model: nn.Module, seqs: torch.Tensor, weight_bits: int = 4, act_bits: int = 8, embed_bits: int = 8,
@@ -308,6 +311,8 @@ def calibrate(model: nn.Module, seqs: torch.Tensor, weight_bits: int = 4, act_bi
         p.requires_grad_(False)
     seqs = seqs.to(next(qmodel.parameters()).device)
     mask = seqs != 0
+    row_id = torch.full(mask.shape, -1, dtype=torch.long, device=seqs.device)
+    row_id[mask] = torch.arange(int(mask.sum()), device=seqs.device)
     everything = list(quantizers(qmodel).values())
     with _disabled(q for q in everything if isinstance(q, AdaRoundQuantizer)):
         calibrate_activations(qmodel, seqs.split(CHUNK))
@@ -334,7 +339,8 @@ def calibrate(model: nn.Module, seqs: torch.Tensor, weight_bits: int = 4, act_bi
             x = _hidden(qmodel, seqs) if layer is None else _capture(qmodel, layer, seqs)
         with torch.no_grad():  # the input quantizer is fixed: apply it once
             xq = _hidden(qmodel, seqs) if layer is None else layer.input_quantizer(_capture(qmodel, layer, seqs))
-        stats = _reconstruct(wq, fp_out, q_out, x, xq, mask, gen, max_rows=HEAD_ROWS if layer is None else None,
+        stats = _reconstruct(wq, fp_out, q_out, x[mask], xq[mask], row_id, gen,
+                             max_rows=HEAD_ROWS if layer is None else None,
                              snapshots=snapshots if name == snapshot_layer else None, **settings)
         stats["changed_fraction"] = (wq.codes(weight) != wq.nearest_codes(weight)).float().mean().item()
         layers[name] = stats

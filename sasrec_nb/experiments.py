@@ -1,0 +1,172 @@
+"""Runs that produce the course's checkpoints and results: FP32, QAT per method, AdaRound.
+
+Each run is cached: ``checkpoints/<dataset>/<profile>/<run>.pt`` (+ ``.json`` history) and
+``results/<dataset>/<profile>/<run>.json`` (the test metrics the comparison notebook and README
+read; committed). A notebook asks for what it needs and gets the cached model, or the run is done.
+"""
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from . import metrics
+from .config import Profile, checkpoint_dir, dataset_slug, device, results_dir
+from .data import REGISTRY, load_dataset
+from .loaders import Split, calibration_sequences, leave_one_out
+from .model import SASRec
+from .quant import calibrate_activations, param_groups, quantize_model, quantizers
+from .quant.export import model_bytes
+from .train import evaluate, fit, load_into, read_checkpoint, save_checkpoint, seed_everything, write_json
+
+
+@lru_cache(maxsize=4)
+def _split(dataset: str, max_len: int, num_negatives: int, seed: int) -> Split:
+    return leave_one_out(load_dataset(dataset), max_len, num_negatives, seed)
+
+
+def load_split(profile: Profile) -> Split:
+    """The leave-one-out split of the profile's dataset (cached per process)."""
+    return _split(profile.dataset, profile.max_len, profile.num_negatives, profile.seed)
+
+
+def run_name(method: str, weight_bits: int, act_bits: int) -> str:
+    return "fp32" if method == "fp32" else f"{method}_w{weight_bits}a{act_bits}"
+
+
+def dataset_label(dataset: str) -> str:
+    spec = REGISTRY.get(dataset)
+    return spec.label if spec and spec.label else dataset_slug(dataset)
+
+
+def command_line() -> str:
+    """How this run was started, without machine paths."""
+    if not sys.argv or "ipykernel" in sys.argv[0]:
+        return "a notebook, executed by python scripts/execute_notebooks.py"
+    return "python -m sasrec_nb.train " + " ".join(sys.argv[1:])
+
+
+def record(profile: Profile, run: str, method: str, weight_bits: int | None, act_bits: int | None,
+           model: nn.Module, split: Split, history: dict, command: str | None = None,
+           baseline: nn.Module | None = None) -> dict:
+    """The results JSON of a run (DESIGN §6), with paired differences against ``baseline``."""
+    test = evaluate(model, split.test, profile.eval_batch_size, per_user=True)
+    out = {
+        "run": run, "method": method, "weight_bits": weight_bits, "act_bits": act_bits,
+        "embed_bits": profile.embed_bits if method != "fp32" else None,
+        "dataset": dataset_label(profile.dataset), "profile": profile.name,
+        "test": {p: test[p] for p in metrics.PROTOCOLS}, "n_users": test["n_users"],
+        "model_bytes": model_bytes(model),
+        "train_seconds": round(history.get("train_seconds", 0.0), 2),
+        "seconds_per_epoch": round(history.get("seconds_per_epoch", 0.0), 3),
+        "epochs": len(history.get("epochs", [])), "best_epoch": history.get("best_epoch"),
+        "device": str(next(model.parameters()).device), "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "command": command or command_line(),
+    }
+    if baseline is not None:
+        base = evaluate(baseline, split.test, profile.eval_batch_size, per_user=True)
+        out["vs_fp32"] = {}
+        for p in metrics.PROTOCOLS:
+            a, b = base["per_user_ndcg@10"][p], test["per_user_ndcg@10"][p]
+            diff = metrics.paired_difference(a, b)
+            out["vs_fp32"][p] = {"fp32_ndcg@10": a.mean().item(), "ratio": b.mean().item() / a.mean().item(),
+                                 "diff_ndcg@10": diff}
+    return out
+
+
+def new_model(profile: Profile, split: Split) -> SASRec:
+    seed_everything(profile.seed)
+    return SASRec(split.num_items, **profile.model_kwargs()).to(device())
+
+
+def fp32_model(profile: Profile, force: bool = False) -> tuple[SASRec, dict]:
+    """The FP32 SASRec of the profile: loaded from its checkpoint, or trained (and saved) first."""
+    split = load_split(profile)
+    path = checkpoint_dir(profile) / "fp32.pt"
+    model = new_model(profile, split)
+    if path.exists() and not force:
+        ckpt = read_checkpoint(path)
+        load_into(model, ckpt["state_dict"], str(path))
+        return model, ckpt["meta"].get("history", {})
+    history = fit(model, split, profile)
+    save_checkpoint(path, model, {"profile": profile.to_dict(), "history": history})
+    write_json(path.with_suffix(".json"), history)
+    write_json(results_dir(profile) / "fp32.json", record(profile, "fp32", "fp32", None, None, model, split, history))
+    return model, history
+
+
+class QuantizerTrace:
+    """Per-epoch snapshot of every quantizer's scale (mean over channels) for the pictures."""
+
+    def __init__(self, model: nn.Module):
+        self.names = list(quantizers(model))
+        self.scales: dict[str, list[float]] = {n: [] for n in self.names}
+        self(0, model)
+
+    def __call__(self, epoch: int, model: nn.Module) -> None:
+        for name, q in quantizers(model).items():
+            self.scales[name].append(q.scale.float().mean().item())
+
+
+def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act_bits: int | None = None,
+              force: bool = False, epochs: int | None = None) -> tuple[nn.Module, dict]:
+    """A QAT model fine-tuned from the FP32 checkpoint, cached like the FP32 one.
+
+    Returns the model and its history (with ``quantizer_scales`` per epoch). AdaRound is not QAT:
+    use :func:`adaround_model`.
+    """
+    wb, ab = weight_bits or profile.weight_bits, act_bits or profile.act_bits
+    name = run_name(method, wb, ab)
+    split = load_split(profile)
+    fp32, _ = fp32_model(profile)
+    calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
+    qmodel = quantize_model(fp32, method, wb, ab, profile.embed_bits)
+    path = checkpoint_dir(profile) / f"{name}.pt"
+    if path.exists() and not force:
+        ckpt = read_checkpoint(path)
+        for q in quantizers(qmodel).values():
+            q.initialized.fill_(True)
+        load_into(qmodel, ckpt["state_dict"], str(path))
+        return qmodel, ckpt["meta"].get("history", {})
+    calibrate_activations(qmodel, calib.split(256))
+    trace = QuantizerTrace(qmodel)
+    groups = param_groups(qmodel, profile.qat_lr, profile.weight_decay, profile.quant_lr)
+    history = fit(qmodel, split, profile, epochs=epochs or profile.qat_epochs, lr=profile.qat_lr,
+                  param_groups=groups, eval_every=1, patience=max(2, profile.patience), on_epoch=trace)
+    history["quantizer_scales"] = trace.scales
+    save_checkpoint(path, qmodel, {"profile": profile.to_dict(), "history": history})
+    write_json(path.with_suffix(".json"), history)
+    write_json(results_dir(profile) / f"{name}.json",
+               record(profile, name, method, wb, ab, qmodel, split, history, baseline=fp32))
+    return qmodel, history
+
+
+def adaround_model(profile: Profile, weight_bits: int | None = None, act_bits: int | None = None,
+                   force: bool = False) -> tuple[nn.Module, dict]:
+    """AdaRound post-training quantization of the FP32 checkpoint (no labels, no task loss)."""
+    from .quant import adaround
+
+    wb, ab = weight_bits or profile.weight_bits, act_bits or profile.act_bits
+    name = run_name("adaround", wb, ab)
+    split = load_split(profile)
+    fp32, _ = fp32_model(profile)
+    calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
+    path = checkpoint_dir(profile) / f"{name}.pt"
+    if path.exists() and not force:
+        ckpt = read_checkpoint(path)
+        qmodel = adaround.from_state(fp32, ckpt["state_dict"], wb, ab, profile.embed_bits)
+        return qmodel, ckpt["meta"].get("report", {})
+    started = time.perf_counter()
+    qmodel, report = adaround.calibrate(fp32, calib, weight_bits=wb, act_bits=ab, embed_bits=profile.embed_bits,
+                                        iters=profile.adaround_iters, seed=profile.seed, progress=profile.progress)
+    seconds = time.perf_counter() - started
+    history = {"train_seconds": seconds, "seconds_per_epoch": 0.0, "epochs": []}
+    save_checkpoint(path, qmodel, {"profile": profile.to_dict(), "report": report})
+    write_json(results_dir(profile) / f"{name}.json",
+               record(profile, name, "adaround", wb, ab, qmodel, split, history, baseline=fp32))
+    return qmodel, report

@@ -1,0 +1,74 @@
+"""Execute the course notebooks top to bottom and write their outputs: the only way outputs are made.
+
+    python scripts/execute_notebooks.py                 # every notebook, in order
+    python scripts/execute_notebooks.py 04_lsq 05_pact  # some of them (names or paths)
+
+Runs in the default (quick) profile with the same environment as the test run (see tests/conftest.py:
+PYTHONHASHSEED=0, no MPLBACKEND), kernel ``python3``, then drops per-cell timing metadata and any
+widget state so the committed files hold nothing machine-specific. Prints each notebook's wall time.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+
+
+def notebook_env() -> None:
+    """The environment every notebook kernel inherits (the same as under pytest)."""
+    os.environ["PYTHONHASHSEED"] = "0"
+    os.environ.pop("MPLBACKEND", None)
+    os.environ.pop("SASREC_NB_PROFILE", None)
+    os.environ.pop("SASREC_NB_DATASET", None)
+
+
+def clean(nb: nbformat.NotebookNode) -> None:
+    nb.metadata.pop("widgets", None)
+    nb.metadata["kernelspec"] = KERNELSPEC
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        cell.metadata.pop("ExecuteTime", None)
+
+
+def execute(path: Path, timeout: int = 600) -> float:
+    nb = nbformat.read(path, as_version=4)
+    started = time.perf_counter()
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    seconds = time.perf_counter() - started
+    clean(nb)
+    nbformat.write(nb, path)
+    return seconds
+
+
+def select(args: list[str]) -> list[Path]:
+    every = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if not args:
+        return every
+    chosen = [p for p in every if any(a in (p.name, p.stem, str(p)) or p.stem.startswith(a) for a in args)]
+    missing = [a for a in args if not any(a in (p.name, p.stem, str(p)) or p.stem.startswith(a) for p in every)]
+    if missing:
+        raise SystemExit(f"no notebook matches {', '.join(missing)}; notebooks: {', '.join(p.stem for p in every)}")
+    return chosen
+
+
+def main(argv: list[str]) -> int:
+    notebook_env()
+    total = 0.0
+    for path in select(argv):
+        seconds = execute(path)
+        total += seconds
+        print(f"{path.name}: {seconds:.1f} s", flush=True)
+    print(f"total: {total:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,62 @@
+"""Committed notebooks: one top-to-bottom run by scripts/execute_notebooks.py, nothing machine-specific."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+LEAKS = re.compile(r"(/work/|/root/|/home/|/Users/|/tmp/|[A-Z]:\\\\|0x[0-9a-fA-F]{6,}|\d+(\.\d+)?\s?(it/s|s/it)"
+                   r"|\b\d+(\.\d+)?\s?(ms|seconds|sec)\b|Wall time|CPU times)")
+EXPECTED = ["01_data_prep", "02_sasrec_fp32", "03_fake_quant_ste", "04_lsq", "05_pact", "06_dorefa", "07_apot",
+            "08_adaround", "09_compare_methods", "10_int8_deployment"]
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def output_texts(cell: dict):
+    for out in cell.get("outputs", []):
+        if "text" in out:
+            yield out.get("name", ""), "".join(out["text"])
+        for mime, value in out.get("data", {}).items():
+            if mime.startswith("text/"):
+                yield mime, "".join(value) if isinstance(value, list) else value
+
+
+def test_notebooks_are_numbered_in_order():
+    stems = [p.stem for p in NOTEBOOKS]
+    assert all(re.match(r"^\d\d_[a-z0-9_]+$", s) for s in stems), stems
+    assert stems == sorted(stems)
+    assert [s for s in EXPECTED if s in stems] == stems[: len([s for s in EXPECTED if s in stems])]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_hygiene(path: Path):
+    nb = load(path)
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    assert "widgets" not in nb["metadata"], "widget state committed: re-run scripts/execute_notebooks.py"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    counts = [c["execution_count"] for c in code]
+    assert counts == list(range(1, len(code) + 1)), f"execution counts {counts}: not one top-to-bottom run"
+    for i, cell in enumerate(code):
+        assert "execution" not in cell["metadata"], f"cell {i}: timing metadata"
+        for out in cell.get("outputs", []):
+            assert out.get("name") != "stderr", f"cell {i}: output on stderr: {''.join(out.get('text', ''))[:200]}"
+            assert out["output_type"] != "error", f"cell {i}: committed with an error"
+            assert "image/svg+xml" not in out.get("data", {}), f"cell {i}: SVG figure (use PNG)"
+        for kind, text in output_texts(cell):
+            m = LEAKS.search(text)
+            assert m is None, f"cell {i} ({kind}): '{m.group(0)}' — a machine path, address or timing in an output"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_structure(path: Path):
+    """Every lesson opens with what it teaches and closes with a recap (and exercises)."""
+    nb = load(path)
+    markdown = [("".join(c["source"])) for c in nb["cells"] if c["cell_type"] == "markdown"]
+    assert markdown and "learn" in markdown[0].lower(), "first cell: what you will learn"
+    assert any("recap" in m.lower() for m in markdown[-3:]), "a recap near the end"
+    first_code = next("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert "get_profile()" in first_code, "the first code cell imports sasrec_nb and reads the profile"
