@@ -170,3 +170,20 @@ def adaround_model(profile: Profile, weight_bits: int | None = None, act_bits: i
     write_json(results_dir(profile) / f"{name}.json",
                record(profile, name, "adaround", wb, ab, qmodel, split, history, baseline=fp32))
     return qmodel, report
+
+
+def paired_table(models: dict[str, nn.Module], baseline: nn.Module, split: Split, batch_size: int = 512):
+    """Test NDCG@10 of each model against the baseline on the same users: mean difference and its
+    paired 95 % confidence interval, for both protocols (a pandas DataFrame)."""
+    import pandas as pd
+
+    base = evaluate(baseline, split.test, batch_size, per_user=True)["per_user_ndcg@10"]
+    rows = {}
+    for name, m in models.items():
+        mine = evaluate(m, split.test, batch_size, per_user=True)["per_user_ndcg@10"]
+        for p in metrics.PROTOCOLS:
+            d = metrics.paired_difference(base[p], mine[p])
+            rows[(name, p)] = {"NDCG@10": mine[p].mean().item(), "FP32": base[p].mean().item(),
+                               "difference": d["mean"], "95% CI low": d["ci95_low"], "95% CI high": d["ci95_high"],
+                               "% of FP32": 100 * mine[p].mean().item() / base[p].mean().item()}
+    return pd.DataFrame(rows).T.round(4)

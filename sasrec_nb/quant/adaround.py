@@ -2,11 +2,14 @@
 
 The FP weights W and the grid s stay frozen; only a rounding variable V per weight is learned:
 
-    W̃ = s · clip(⌊W/s⌋ + h(V), q_min, q_max)                              (eq. 22)
-    h(V) = clip(σ(V)(ζ − γ) + γ, 0, 1),  ζ = 1.1, γ = −0.1                  (eq. 23)
-    argmin_V ‖f_a(W x) − f_a(W̃ x̃)‖² + λ Σ (1 − |2h(V) − 1|^β)             (eq. 21, 24, 25)
+    W̃ = s · clip(⌊W/s⌋ + h(V), q_min, q_max)                              soft-quantized weight
+    h(V) = clip(σ(V)(ζ − γ) + γ, 0, 1),  ζ = 1.1, γ = −0.1                  rectified sigmoid
+    f_reg(V) = Σ 1 − |2h(V) − 1|^β                                          regulariser
+    argmin_V ‖f_a(W x) − f_a(W̃ x̃)‖² + λ f_reg(V)                          asymmetric objective
 
-x̃ is the input the already-quantized earlier layers produce ("asymmetric reconstruction", §4),
+(the paper's eqs. 21-25; numbering quoted from memory, formulas checked against AIMET and BRECQ).
+
+x̃ is the input the already-quantized earlier layers produce ("asymmetric reconstruction"),
 f_a the activation after the layer (ReLU for fc1). V₀ = −log((ζ − γ)/(frac(W/s) − γ) − 1), so
 h(V₀) = frac(W/s) and hard rounding at init is round-to-nearest. The regulariser is off for the first
 20 % of iterations, then β anneals 20 → 2 (AIMET: cosine, BRECQ: linear). After a layer, rounding is
@@ -34,6 +37,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .apply import calibrate_activations, quantize_model, quantizers
 from .core import Quantizer, QuantLinear, UniformQuantizer, broadcast, reduce_except
@@ -50,7 +54,7 @@ CHUNK = 256
 
 
 def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
-    """h(V) = clip(σ(V)(ζ − γ) + γ, 0, 1) (eq. 23)."""
+    """h(V) = clip(σ(V)(ζ − γ) + γ, 0, 1)."""
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
 
 
@@ -61,7 +65,7 @@ def mse_step(x: torch.Tensor, axis: int | None, lo: int, hi: int, p: float = GRI
     for k in range(GRID_CANDIDATES):
         s = amax * (1 - 0.01 * k) / hi
         sb = broadcast(s, x, axis)
-        err = reduce_except((torch.clamp(torch.round(x / sb), lo, hi) * sb - x).pow(2).pow(p / 2), axis, "mean")
+        err = reduce_except((torch.clamp(torch.round(x / sb), lo, hi) * sb - x).abs().pow(p), axis, "mean")
         best = torch.where(err < best_err, s, best)
         best_err = torch.minimum(err, best_err)
     return best
@@ -72,7 +76,8 @@ class AdaRoundQuantizer(UniformQuantizer):
 
     ``rounding`` selects the forward: "soft" (⌊W/s⌋ + h(V), differentiable in V, used while
     optimising), "hard" (⌊W/s⌋ + 1[V ≥ 0], after optimisation, in eval and export; at init it is
-    round-to-nearest) or "nearest" (round(W/s), for comparison). W itself receives no gradient.
+    round-to-nearest, except that a tie frac = ½ goes up where torch.round goes to even) or "nearest"
+    (round(W/s), for comparison). W itself receives no gradient; export is always the hard rounding.
     """
 
     method = "adaround"
@@ -83,8 +88,9 @@ class AdaRoundQuantizer(UniformQuantizer):
             raise ValueError(f"adaround_grid must be 'mse' or 'max', got {grid!r}")
         self.grid = grid
         self.step.requires_grad_(False)
-        # V has the weight's shape, which a quantizer built from (bits, axis, channels) does not know
-        # (the fan-in is missing): init_from creates it from the weight it is given.
+        # V has the weight's shape, which (bits, axis, channels) does not give (the fan-in is missing):
+        # init_from creates it from the weight. quantize_model calls init_from as soon as it builds the
+        # quantizer, so an optimizer built afterwards holds V, and a saved state dict loads into it.
         self.v: nn.Parameter | None = None
         self._rounding = "hard"
 
@@ -118,7 +124,7 @@ class AdaRoundQuantizer(UniformQuantizer):
         return rectified_sigmoid(self.v)
 
     def regularizer(self, beta: float) -> torch.Tensor:
-        """Σ (1 − |2h(V) − 1|^β) (eq. 24): 1 at h = ½, 0 at h ∈ {0, 1}."""
+        """f_reg = Σ (1 − |2h(V) − 1|^β): 1 at h = ½, 0 at h ∈ {0, 1}."""
         return (1 - (2 * self.h() - 1).abs().pow(beta)).sum()
 
     def _check(self, x: torch.Tensor) -> None:
@@ -161,6 +167,10 @@ class FixedQuantizer(STEQuantizer):
         super().__init__(bits, signed=signed)
         self.step.requires_grad_(False)
 
+    def _remember(self, x: torch.Tensor) -> None:
+        """Keep each batch's max|x|: the base class's random subsample would miss the extremes."""
+        self._seen.append(x.detach().abs().amax().view(1))
+
 
 def weight_quantizer(bits: int, axis: int | None = None, channels: int | None = None,
                      adaround_grid: str = "mse", **_) -> AdaRoundQuantizer:
@@ -200,16 +210,32 @@ def _disabled(qs: Iterable[Quantizer]):
             q.enabled = state
 
 
+def _groups(qmodel: nn.Module) -> list[list[tuple[str, QuantLinear]]]:
+    """QuantLinears in forward order. q, k and v share a group: all three read the block's input before
+    any of them acts, so one pass captures the inputs of all three."""
+    groups: list[list[tuple[str, QuantLinear]]] = []
+    for name, layer in qmodel.named_modules():
+        if isinstance(layer, QuantLinear):
+            if name.endswith((".attn.k", ".attn.v")):
+                groups[-1].append((name, layer))
+            else:
+                groups.append([(name, layer)])
+    return groups
+
+
 @torch.no_grad()
-def _capture(qmodel: nn.Module, layer: nn.Module, seqs: torch.Tensor) -> torch.Tensor:
-    """The input ``[N, L, d]`` that ``layer`` receives (a forward pre-hook; the rest of the pass is skipped)."""
-    seen: list[torch.Tensor] = []
+def _capture(qmodel: nn.Module, layers: list[nn.Module], seqs: torch.Tensor) -> list[torch.Tensor]:
+    """The inputs ``[N, L, d]`` the layers receive (forward pre-hooks; the pass stops after the last one)."""
+    seen: list[list[torch.Tensor]] = [[] for _ in layers]
 
-    def hook(_module, args):
-        seen.append(args[0].detach())
-        raise _Stop
+    def hook(i: int):
+        def record(_module, args):
+            seen[i].append(args[0].detach())
+            if i == len(layers) - 1:
+                raise _Stop
+        return record
 
-    handle = layer.register_forward_pre_hook(hook)
+    handles = [layer.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
     try:
         for batch in seqs.split(CHUNK):
             try:
@@ -217,8 +243,9 @@ def _capture(qmodel: nn.Module, layer: nn.Module, seqs: torch.Tensor) -> torch.T
             except _Stop:
                 pass
     finally:
-        handle.remove()
-    return torch.cat(seen)
+        for handle in handles:
+            handle.remove()
+    return [torch.cat(x) for x in seen]
 
 
 @torch.no_grad()
@@ -298,8 +325,10 @@ def calibrate(model: nn.Module, seqs: torch.Tensor, weight_bits: int = 4, act_bi
     Layers are rounded in forward order (per block q, k, v, out, fc1, fc2; then the item table as the
     scoring head), each on its FP input x and the input x̃ of the quantized model so far. ``report``:
     ``layers[name]`` holds the errors with round-to-nearest, AdaRound (hard) and soft rounding on the
-    same grid and x̃, the fraction rounded differently from nearest and the loss curve; ``snapshots``
-    holds h(V) of ``snapshot_layer`` at 0/20/50/100 % of its iterations.
+    same grid and x̃ (on up to 4096 calibration positions), the soft-vs-hard gap, the fraction rounded
+    differently from nearest and the loss curve (recon, reg, β per logged step); ``snapshots`` holds
+    h(V) of ``snapshot_layer`` at 0/20/50/100 % of its iterations. The item table's lookup uses the
+    rounding found for the head; the position table is rounded to nearest. Same seed, same result.
     """
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
@@ -310,40 +339,57 @@ def calibrate(model: nn.Module, seqs: torch.Tensor, weight_bits: int = 4, act_bi
     for p in qmodel.parameters():
         p.requires_grad_(False)
     seqs = seqs.to(next(qmodel.parameters()).device)
-    mask = seqs != 0
+    mask = seqs != qmodel.item_emb.padding_idx  # only real items count
     row_id = torch.full(mask.shape, -1, dtype=torch.long, device=seqs.device)
     row_id[mask] = torch.arange(int(mask.sum()), device=seqs.device)
+    row_id = row_id[mask.any(1)]  # batches are drawn from sequences with at least one item
     everything = list(quantizers(qmodel).values())
-    with _disabled(q for q in everything if isinstance(q, AdaRoundQuantizer)):
+    with _disabled(everything):  # activation grids from FP activations (calibrating quantizers pass x through)
         calibrate_activations(qmodel, seqs.split(CHUNK))
+        qmodel.head_input.start_calibration()  # forward() never reaches head_input (logits() does)
+        _hidden(qmodel, seqs)
+        qmodel.head_input.finish_calibration()
     qmodel.pos_emb.weight_quantizer.rounding = "nearest"
     settings = dict(iters=iters, batch_size=batch_size, lam=lam, lr=lr, warmup=warmup, beta=beta, schedule=schedule)
 
-    units = []
-    for name, layer in qmodel.named_modules():
-        if isinstance(layer, QuantLinear):
-            act = F.relu if name.endswith("ffn.fc1") else nn.Identity()
-            units.append((name, layer.weight_quantizer, layer.weight, layer,
-                          lambda x, layer=layer, act=act: act(F.linear(x, layer.weight, layer.bias)),
-                          lambda x, layer=layer, act=act: act(F.linear(x, layer.weight_quantizer(layer.weight),
-                                                                       layer.bias))))
-    table, tq = qmodel.item_emb.weight, qmodel.item_emb.weight_quantizer
-    units.append(("item_emb", tq, table, None, lambda h: h @ table[1:].T, lambda h: h @ tq(table)[1:].T))
-
     layers, snapshots = {}, []
-    if progress:
-        from tqdm.auto import tqdm
-        units = tqdm(units, desc="AdaRound")
-    for name, wq, weight, layer, fp_out, q_out in units:
-        with _disabled(everything):
-            x = _hidden(qmodel, seqs) if layer is None else _capture(qmodel, layer, seqs)
-        with torch.no_grad():  # the input quantizer is fixed: apply it once
-            xq = _hidden(qmodel, seqs) if layer is None else layer.input_quantizer(_capture(qmodel, layer, seqs))
+    groups = _groups(qmodel)
+    bar = tqdm(total=sum(map(len, groups)) + 1, desc="AdaRound", disable=not progress)
+
+    def round_layer(name: str, wq: AdaRoundQuantizer, weight: torch.Tensor, fp_out: Callable, q_out: Callable,
+                    x: torch.Tensor, xq: torch.Tensor) -> None:
         stats = _reconstruct(wq, fp_out, q_out, x[mask], xq[mask], row_id, gen,
-                             max_rows=HEAD_ROWS if layer is None else None,
+                             max_rows=HEAD_ROWS if name == "item_emb" else None,
                              snapshots=snapshots if name == snapshot_layer else None, **settings)
         stats["changed_fraction"] = (wq.codes(weight) != wq.nearest_codes(weight)).float().mean().item()
         layers[name] = stats
+        bar.update()
+
+    for group in groups:
+        modules = [layer for _, layer in group]
+        with _disabled(everything):
+            xs = _capture(qmodel, modules, seqs)
+        xqs = _capture(qmodel, modules, seqs)
+        for (name, layer), x, xq in zip(group, xs, xqs):
+            act = F.relu if name.endswith("ffn.fc1") else nn.Identity()
+            wq = layer.weight_quantizer
+
+            def fp_out(x: torch.Tensor) -> torch.Tensor:
+                return act(F.linear(x, layer.weight, layer.bias))
+
+            def q_out(x: torch.Tensor) -> torch.Tensor:
+                return act(F.linear(x, wq(layer.weight), layer.bias))
+
+            with torch.no_grad():  # the layer's input quantizer is fixed: apply it once
+                xq = layer.input_quantizer(xq)
+            round_layer(name, wq, layer.weight, fp_out, q_out, x, xq)
+
+    table, tq = qmodel.item_emb.weight, qmodel.item_emb.weight_quantizer
+    with _disabled(everything):
+        h = _hidden(qmodel, seqs)
+    round_layer("item_emb", tq, table, lambda h: h @ table[1:].T, lambda h: h @ tq(table)[1:].T,
+                h, _hidden(qmodel, seqs))
+    bar.close()
 
     frozen = {id(p) for q in everything for p in q.parameters()}
     for p, flag in requires_grad.items():

@@ -98,7 +98,11 @@ def quantizers(model: nn.Module, role: str | None = None) -> dict[str, Quantizer
 
 @torch.no_grad()
 def calibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
-    """Initialise every activation grid from the FP activations of a few batches (eval mode)."""
+    """Initialise every activation grid from a few batches (eval mode).
+
+    Activation quantizers pass values through unchanged while they observe; weight quantizers stay on,
+    so each grid is fitted to the inputs the weight-quantized model really produces.
+    """
     acts = quantizers(model, "act")
     was_training = model.training
     model.eval()

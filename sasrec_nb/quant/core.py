@@ -157,9 +157,9 @@ class Quantizer(nn.Module):
         x = x.detach()
         if self.axis is None:
             flat = x.flatten()
-            if flat.numel() > keep:
+            if flat.numel() > keep:  # a random sample, plus the extremes (a sample would miss the max)
                 idx = torch.randint(flat.numel(), (keep,), generator=torch.Generator().manual_seed(len(self._seen)))
-                flat = flat[idx.to(flat.device)]
+                flat = torch.cat([flat[idx.to(flat.device)], flat.min().view(1), flat.max().view(1)])
             self._seen.append(flat)
         else:
             self._seen.append(x)

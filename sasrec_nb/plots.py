@@ -1,0 +1,205 @@
+"""Every figure the notebooks show. Each function draws one figure of a fixed size and returns it;
+the notebook cell ends with ``plt.show()`` (PNG output, nothing else printed)."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
+
+from .data import SequenceData
+from .loaders import Split
+
+PALETTE = sns.color_palette("colorblind")
+sns.set_theme(style="whitegrid", context="notebook", palette=PALETTE)
+
+
+def _fig(width: float = 7.0, height: float = 3.6, ncols: int = 1):
+    fig, axes = plt.subplots(1, ncols, figsize=(width, height), layout="constrained")
+    return fig, axes
+
+
+# -- data (notebook 01) ------------------------------------------------------------------------------
+def sequence_lengths(data: SequenceData, max_len: int | None = None):
+    lengths = np.array([len(s) for s in data.sequences])
+    fig, ax = _fig()
+    sns.histplot(lengths, bins=50, ax=ax, color=PALETTE[0])
+    ax.set(xlabel="interactions per user", ylabel="users", title=f"{data.name}: sequence lengths")
+    ax.axvline(np.median(lengths), color="k", ls="--", lw=1, label=f"median {np.median(lengths):.0f}")
+    if max_len:
+        ax.axvline(max_len, color=PALETTE[3], lw=1.5, label=f"max_len = {max_len}")
+    ax.legend()
+    return fig
+
+
+def item_popularity(data: SequenceData):
+    counts = np.sort(np.bincount(np.concatenate(data.sequences), minlength=data.num_items + 1)[1:])[::-1]
+    fig, (a, b) = _fig(10, 3.6, 2)
+    a.loglog(np.arange(1, len(counts) + 1), counts, color=PALETTE[0])
+    a.set(xlabel="item rank by popularity", ylabel="interactions", title="long tail (log-log)")
+    share = np.cumsum(counts) / counts.sum()
+    b.plot(np.arange(1, len(counts) + 1) / len(counts) * 100, share * 100, color=PALETTE[1])
+    top = int(np.searchsorted(share, 0.5)) + 1
+    b.axhline(50, color="k", ls=":", lw=1)
+    b.set(xlabel="% of items (most popular first)", ylabel="% of interactions",
+          title=f"{top / len(counts):.0%} of items hold half of all interactions")
+    return fig
+
+
+def user_split(split: Split, user: int, show_last: int = 30):
+    seq = split.data.sequences[user]
+    shown = seq[-show_last:]
+    offset = len(seq) - len(shown)
+    roles = ["train"] * (len(shown) - 2) + ["valid", "test"]
+    colors = {"train": PALETTE[0], "valid": PALETTE[1], "test": PALETTE[3]}
+    fig, ax = _fig(10, 2.2)
+    for k, (item, role) in enumerate(zip(shown, roles)):
+        ax.add_patch(plt.Rectangle((k, 0), 0.9, 1, color=colors[role]))
+        ax.text(k + 0.45, 0.5, str(item), ha="center", va="center", fontsize=7, rotation=90, color="white")
+    for role, c in colors.items():
+        ax.bar(0, 0, color=c, label=role)
+    ax.set(xlim=(0, len(shown)), ylim=(0, 1), yticks=[],
+           xlabel=f"position in the user's history (last {len(shown)} of {len(seq)}; first shown is #{offset + 1})",
+           title=f"leave-one-out for user index {user}: item ids in time order")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+# -- model and training (notebook 02) ------------------------------------------------------------------
+def attention_mask(mask: torch.Tensor, items: Sequence[int]):
+    fig, ax = _fig(4.6, 4.0)
+    sns.heatmap(mask.int().numpy(), cmap="Blues", cbar=False, square=True, ax=ax, linewidths=0.5, linecolor="white",
+                xticklabels=list(items), yticklabels=list(items))
+    ax.set(xlabel="key (item id)", ylabel="query (item id)", title="who may attend to whom (1 = allowed)")
+    return fig
+
+
+def training_curves(history: Mapping, title: str = "training"):
+    rows = history["epochs"]
+    fig, (a, b) = _fig(10, 3.4, 2)
+    a.plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows], "o-", ms=3, label="train")
+    ev = [r for r in rows if "valid_loss" in r]
+    a.plot([r["epoch"] for r in ev], [r["valid_loss"] for r in ev], "s-", ms=4, label="validation")
+    a.set(xlabel="epoch", ylabel="cross-entropy", title=f"{title}: loss")
+    a.legend()
+    b.plot([r["epoch"] for r in ev], [r["ndcg@10"] for r in ev], "o-", label="NDCG@10 (full ranking)")
+    b.plot([r["epoch"] for r in ev], [r["hit@10"] for r in ev], "s-", label="Hit@10 (full ranking)")
+    if history.get("best_epoch"):
+        b.axvline(history["best_epoch"], color="k", ls=":", lw=1, label="best (kept)")
+    b.set(xlabel="epoch", title=f"{title}: validation")
+    b.legend()
+    return fig
+
+
+def attention_weights(weights: torch.Tensor, items: Sequence[int], titles: Sequence[str]):
+    """One heat map per layer/head: ``weights [n, L, L]`` for the non-padded positions."""
+    n = len(weights)
+    fig, axes = _fig(3.3 * n, 3.4, n)
+    for ax, w, t in zip(np.atleast_1d(axes), weights, titles):
+        sns.heatmap(w.numpy(), cmap="viridis", vmin=0, ax=ax, cbar=False, square=True,
+                    xticklabels=False, yticklabels=False)
+        ax.set(title=t, xlabel="key", ylabel="query")
+    return fig
+
+
+def metric_bars(results: Mapping[str, Mapping], metric: str = "ndcg@10"):
+    """Grouped bars: models × protocols, for one metric."""
+    names = list(results)
+    fig, axes = _fig(10, 3.4, 2)
+    for ax, protocol in zip(axes, ("full", "sampled100")):
+        values = [results[n][protocol][metric] for n in names]
+        bars = ax.bar(names, values, color=PALETTE[: len(names)])
+        ax.bar_label(bars, fmt="%.3f")
+        ax.set(title=f"{metric} — {protocol}", ylim=(0, max(values) * 1.2))
+    return fig
+
+
+# -- quantization (notebooks 03-08) -----------------------------------------------------------------
+def staircase(x: torch.Tensor, x_hat: torch.Tensor, grad: torch.Tensor, title: str):
+    """A quantizer's forward (the staircase) and the gradient the STE passes back."""
+    fig, (a, b) = _fig(10, 3.4, 2)
+    a.plot(x, x, color="grey", ls=":", lw=1, label="identity")
+    a.plot(x, x_hat, color=PALETTE[0], lw=2, label="fake-quantized x̂")
+    a.set(xlabel="x", ylabel="x̂", title=title)
+    a.legend()
+    b.plot(x, grad, color=PALETTE[3], lw=2)
+    b.set(xlabel="x", ylabel="∂x̂/∂x used in backward", title="straight-through gradient", ylim=(-0.1, 1.2))
+    return fig
+
+
+def grid_histogram(before: torch.Tensor, after: torch.Tensor, levels: torch.Tensor, title: str,
+                   max_lines: int = 64):
+    """Histograms of a weight row before and after QAT with the grid's levels as vertical lines."""
+    fig, axes = _fig(10, 3.4, 2)
+    lv = levels.flatten().detach().cpu().numpy()
+    if len(lv) > max_lines:  # a fine grid: draw every k-th level and say so
+        k = int(np.ceil(len(lv) / max_lines))
+        lv, note = lv[::k], f" (every {k}th of {len(levels.flatten())} levels)"
+    else:
+        note = f" ({len(lv)} levels)"
+    for ax, w, name in zip(axes, (before, after), ("before QAT (FP32)", "after QAT")):
+        ax.hist(w.flatten().detach().cpu().numpy(), bins=80, color=PALETTE[0], alpha=0.8)
+        for v in lv:
+            ax.axvline(v, color=PALETTE[3], lw=0.6, alpha=0.6)
+        ax.set(xlabel="weight value", ylabel="count", title=f"{name}{note if ax is axes[0] else ''}")
+    fig.suptitle(title)
+    return fig
+
+
+def scale_trajectories(scales: Mapping[str, Sequence[float]], title: str, relative: bool = True, top: int = 12):
+    """Each quantizer's scale (or α) per epoch, divided by its initial value."""
+    fig, axes = _fig(10, 3.6, 2)
+    for ax, role in zip(axes, ("weight", "act")):
+        names = [n for n in scales if ("weight_quantizer" in n) == (role == "weight")][:top]
+        for n in names:
+            s = np.asarray(scales[n], dtype=float)
+            ax.plot(np.arange(len(s)), s / s[0] if relative else s, marker="o", ms=3, lw=1.2,
+                    label=n.replace("_quantizer", "").replace("blocks.", "b"))
+        ax.set(xlabel="epoch (0 = after calibration)", ylabel="s(t) / s(0)" if relative else "value",
+               title=f"{role} quantizers")
+        ax.legend(fontsize=6, ncol=2)
+    fig.suptitle(title)
+    return fig
+
+
+def clipped_fractions(fractions: Mapping[str, float], title: str):
+    """Share of each tensor outside its quantizer's range."""
+    names = list(fractions)
+    fig, ax = _fig(10, 3.4)
+    bars = ax.bar(range(len(names)), [100 * fractions[n] for n in names], color=PALETTE[2])
+    ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(range(len(names)), [n.replace("_quantizer", "").replace("blocks.", "b") for n in names],
+                  rotation=60, ha="right", fontsize=7)
+    ax.set(ylabel="% clipped", title=title)
+    return fig
+
+
+def levels_compare(level_sets: Mapping[str, torch.Tensor], title: str):
+    """Stem plot of several level sets on one axis each (e.g. uniform vs PoT vs APoT)."""
+    n = len(level_sets)
+    fig, axes = plt.subplots(n, 1, figsize=(10, 0.9 * n + 1.0), sharex=True, layout="constrained")
+    for ax, (name, lv) in zip(np.atleast_1d(axes), level_sets.items()):
+        v = lv.flatten().cpu().numpy()
+        ax.vlines(v, 0, 1, color=PALETTE[0], lw=1)
+        ax.plot(v, np.ones_like(v), "o", ms=3, color=PALETTE[0])
+        ax.set(yticks=[], ylim=(0, 1.3))
+        ax.set_ylabel(f"{name}\n({len(v)})", rotation=0, ha="right", va="center", fontsize=8)
+    np.atleast_1d(axes)[-1].set_xlabel("level (fraction of the clipping value)")
+    fig.suptitle(title)
+    return fig
+
+
+def quality_table(results: Mapping[str, Mapping], fp32: Mapping) -> "pd.DataFrame":
+    """NDCG@10 / Hit@10 under both protocols and the share of FP32's NDCG@10 kept."""
+    import pandas as pd
+
+    rows = {}
+    for name, r in {"FP32": fp32, **results}.items():
+        rows[name] = {
+            "full NDCG@10": r["full"]["ndcg@10"], "full Hit@10": r["full"]["hit@10"],
+            "sampled100 NDCG@10": r["sampled100"]["ndcg@10"], "sampled100 Hit@10": r["sampled100"]["hit@10"],
+            "% of FP32 (full NDCG@10)": 100 * r["full"]["ndcg@10"] / fp32["full"]["ndcg@10"],
+        }
+    return pd.DataFrame(rows).T.round(4)
