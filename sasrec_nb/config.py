@@ -39,6 +39,7 @@ class Profile:
     patience: int = 5          # evaluations without a better validation NDCG@10 before stopping
     eval_every: int = 1        # epochs between validations
     weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # or "cosine": decay to 0 over the run
     loss: str = "ce"           # "ce": full softmax cross-entropy; "bce": the paper's one sampled negative
     train_windows: str = "last"  # "last": the most recent max_len items per user (reference); "all": whole history
     seed: int = 42
@@ -50,7 +51,8 @@ class Profile:
     act_bits: int = 8
     embed_bits: int = 8
     # AdaRound post-training reconstruction
-    adaround_iters: int = 300
+    adaround_iters: int = 300      # per layer; the paper and AIMET use 10k (quick: CPU budget)
+    adaround_lr: float = 1e-2      # Adam on V; 1e-3 in AIMET/BRECQ, raised to match the short run
     calib_sequences: int = 1024
     # evaluation
     eval_batch_size: int = 512
@@ -70,7 +72,7 @@ PROFILES: dict[str, Profile] = {
                      dropout=0.2, lr=1e-3, batch_size=128, epochs=30, patience=100, eval_every=5),
     "full": Profile(name="full", dataset="ml-1m-sasrec-trunc2", embed_dim=50, num_heads=1, num_blocks=2,
                     max_len=200, dropout=0.2, lr=1e-3, batch_size=128, epochs=200, patience=3, eval_every=2,
-                    qat_epochs=6, adaround_iters=2000, progress=True),
+                    qat_epochs=6, adaround_iters=2000, adaround_lr=3e-3, progress=True),
 }
 
 

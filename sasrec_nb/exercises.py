@@ -44,3 +44,54 @@ def check_fake_quant(fake_quant: Callable) -> None:
     got8 = fake_quant(torch.tensor([0.013, -5.0]), 0.01, 8)
     assert torch.allclose(got8, torch.tensor([0.01, -1.28])), "8 bits: q_min = -128, q_max = 127"
     _passed("fake_quant")
+
+
+def check_lsq_step_grad(lsq_step_grad: Callable) -> None:
+    """Per-element ∂v̂/∂s of LSQ eq. 3 (notebook 04; qat_methods.md §2 test case)."""
+    v = torch.tensor([-1.2, -0.3, 0.05, 0.26, 0.9, 2.0])
+    got = torch.as_tensor(lsq_step_grad(v, 0.25, 4, 3), dtype=torch.float32)
+    want = torch.tensor([-4.0, 0.2, -0.2, -0.04, 3.0, 3.0])
+    assert torch.allclose(got, want, atol=1e-5), f"got {got.tolist()}, expected {want.tolist()}"
+    assert abs(got.sum().item() - 1.96) < 1e-5, "the sum over elements is 1.96 before the gradient scale"
+    _passed("lsq_step_grad")
+
+
+def check_pact_alpha_grad(pact_alpha_grad: Callable) -> None:
+    """∂L/∂α under PACT's rule: the upstream gradient summed over clipped elements (notebook 05)."""
+    x = torch.tensor([-0.5, 0.3, 1.1, 2.5, 4.0])
+    got = float(pact_alpha_grad(x, 2.0, torch.ones(5)))
+    assert abs(got - 2.0) < 1e-6, f"all-ones upstream: expected 2.0 (two clipped values), got {got}"
+    got = float(pact_alpha_grad(x, 2.0, torch.tensor([5.0, 5.0, 5.0, 0.5, -1.5])))
+    assert abs(got - (-1.0)) < 1e-6, f"only clipped elements count: expected -1.0, got {got}"
+    _passed("pact_alpha_grad")
+
+
+def check_dorefa_weight(dorefa_weight: Callable) -> None:
+    """The paper's DoReFa weight transform, per tensor, no rescale (notebook 06)."""
+    w = torch.tensor([-1.0, -0.2, 0.0, 0.3, 0.8])
+    got = torch.as_tensor(dorefa_weight(w, 2), dtype=torch.float32)
+    want = torch.tensor([-1.0, -1 / 3, 1 / 3, 1 / 3, 1.0])
+    assert torch.allclose(got, want, atol=1e-6), f"k = 2: got {got.tolist()}, expected {want.tolist()}"
+    zero = float(dorefa_weight(torch.tensor([0.0, 1.0]), 3)[0])
+    assert abs(zero - 1 / 7) < 1e-6, f"a zero weight maps to 1/(2^k − 1) = {1 / 7:.6f} at k = 3, got {zero}"
+    _passed("dorefa_weight")
+
+
+def check_apot_levels(apot_two_bit_terms: Callable) -> None:
+    """The 16 normalised APoT levels for b = 4 (notebook 07; the official set)."""
+    from .quant.apot import apot_levels
+
+    got = torch.as_tensor(apot_two_bit_terms(), dtype=torch.float32).flatten().sort().values
+    want = apot_levels(4)
+    assert got.numel() == 16, f"b = 4 has 16 levels, got {got.numel()}"
+    assert torch.allclose(got, want, atol=1e-4), f"got {got.tolist()}"
+    _passed("apot_two_bit_terms")
+
+
+def check_rectified_sigmoid(rectified_sigmoid: Callable) -> None:
+    """AdaRound's h(V) = clip(σ(V)(ζ − γ) + γ, 0, 1), ζ = 1.1, γ = −0.1 (notebook 08)."""
+    v = torch.tensor([-0.693147, 0.887303, -0.336472, -2.397895, 0.033336, -10.0, 10.0])
+    got = torch.as_tensor(rectified_sigmoid(v), dtype=torch.float32)
+    want = torch.tensor([0.3, 0.75, 0.4, 0.0, 0.51, 0.0, 1.0])
+    assert torch.allclose(got, want, atol=1e-5), f"got {got.tolist()}, expected {want.tolist()}"
+    _passed("rectified_sigmoid")

@@ -101,16 +101,37 @@ def fp32_model(profile: Profile, force: bool = False) -> tuple[SASRec, dict]:
 
 
 class QuantizerTrace:
-    """Per-epoch snapshot of every quantizer's scale (mean over channels) for the pictures."""
+    """Per-epoch record of every quantizer, for the notebooks' pictures.
 
-    def __init__(self, model: nn.Module):
-        self.names = list(quantizers(model))
-        self.scales: dict[str, list[float]] = {n: [] for n in self.names}
+    ``scales[name]``: the scale or α (mean over channels). ``stats[name]``: on a fixed probe batch, the
+    share of the quantizer's input outside its range, and the 99th / 99.9th percentile and max of |input|.
+    """
+
+    def __init__(self, model: nn.Module, probe: torch.Tensor):
+        self.probe = probe
+        self.scales: dict[str, list[float]] = {n: [] for n in quantizers(model)}
+        self.stats: dict[str, list[dict[str, float]]] = {n: [] for n in quantizers(model)}
         self(0, model)
 
+    @torch.no_grad()
     def __call__(self, epoch: int, model: nn.Module) -> None:
-        for name, q in quantizers(model).items():
+        found = quantizers(model)
+        inputs: dict[str, torch.Tensor] = {}
+        hooks = [q.register_forward_hook(lambda m, i, o, n=n: inputs.setdefault(n, i[0].detach()))
+                 for n, q in found.items()]
+        was_training = model.training
+        model.eval()
+        model.logits(model(self.probe.to(next(model.parameters()).device)))
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+        for name, q in found.items():
             self.scales[name].append(q.scale.float().mean().item())
+            x = inputs[name]
+            a = x.abs().flatten().float()
+            a = a[torch.randperm(len(a), generator=torch.Generator().manual_seed(0))[:200_000]] if len(a) > 200_000 else a
+            self.stats[name].append({"clipped": q.clipped_fraction(x), "p99": a.quantile(0.99).item(),
+                                     "p999": a.quantile(0.999).item(), "max": x.abs().max().item()})
 
 
 def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act_bits: int | None = None,
@@ -134,11 +155,11 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
         load_into(qmodel, ckpt["state_dict"], str(path))
         return qmodel, ckpt["meta"].get("history", {})
     calibrate_activations(qmodel, calib.split(256))
-    trace = QuantizerTrace(qmodel)
+    trace = QuantizerTrace(qmodel, calib[:128])
     groups = param_groups(qmodel, profile.qat_lr, profile.weight_decay, profile.quant_lr)
     history = fit(qmodel, split, profile, epochs=epochs or profile.qat_epochs, lr=profile.qat_lr,
                   param_groups=groups, eval_every=1, patience=max(2, profile.patience), on_epoch=trace)
-    history["quantizer_scales"] = trace.scales
+    history["quantizer_scales"], history["quantizer_stats"] = trace.scales, trace.stats
     save_checkpoint(path, qmodel, {"profile": profile.to_dict(), "history": history})
     write_json(path.with_suffix(".json"), history)
     write_json(results_dir(profile) / f"{name}.json",
@@ -163,7 +184,8 @@ def adaround_model(profile: Profile, weight_bits: int | None = None, act_bits: i
         return qmodel, ckpt["meta"].get("report", {})
     started = time.perf_counter()
     qmodel, report = adaround.calibrate(fp32, calib, weight_bits=wb, act_bits=ab, embed_bits=profile.embed_bits,
-                                        iters=profile.adaround_iters, seed=profile.seed, progress=profile.progress)
+                                        iters=profile.adaround_iters, lr=profile.adaround_lr, seed=profile.seed,
+                                        progress=profile.progress)
     seconds = time.perf_counter() - started
     history = {"train_seconds": seconds, "seconds_per_epoch": 0.0, "epochs": []}
     save_checkpoint(path, qmodel, {"profile": profile.to_dict(), "report": report})

@@ -95,6 +95,17 @@ class Popularity(nn.Module):
         return s
 
 
+def lr_schedule(optimizer: torch.optim.Optimizer, kind: str, total_steps: int):
+    """``constant``, or ``cosine``: the learning rate decays from its value to 0 over the run
+    (Loshchilov & Hutter 2017, without restarts), which steadies the last epochs."""
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1))))
+    raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {kind!r}")
+
+
 def fit(
     model: nn.Module,
     split: Split,
@@ -123,6 +134,7 @@ def fit(
     loader = train_loader(split, profile.batch_size, profile.seed, profile.train_windows)
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     optimizer = torch.optim.Adam(groups, lr=profile.lr if lr is None else lr, betas=(0.9, 0.98), weight_decay=profile.weight_decay)
+    scheduler = lr_schedule(optimizer, profile.lr_schedule, epochs * len(loader))
     gen = torch.Generator().manual_seed(profile.seed)
     history: dict = {"epochs": [], "best_epoch": None, "stopped_early": False}
     best, best_state, bad = -math.inf, None, 0
@@ -136,6 +148,7 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             total, steps = total + loss.item(), steps + 1
         row = {"epoch": epoch, "train_loss": total / max(steps, 1), "seconds": time.perf_counter() - t0}
         if epoch % eval_every == 0 or epoch == epochs:

@@ -346,9 +346,6 @@ def calibrate(model: nn.Module, seqs: torch.Tensor, weight_bits: int = 4, act_bi
     everything = list(quantizers(qmodel).values())
     with _disabled(everything):  # activation grids from FP activations (calibrating quantizers pass x through)
         calibrate_activations(qmodel, seqs.split(CHUNK))
-        qmodel.head_input.start_calibration()  # forward() never reaches head_input (logits() does)
-        _hidden(qmodel, seqs)
-        qmodel.head_input.finish_calibration()
     qmodel.pos_emb.weight_quantizer.rounding = "nearest"
     settings = dict(iters=iters, batch_size=batch_size, lam=lam, lr=lr, warmup=warmup, beta=beta, schedule=schedule)
 
@@ -404,3 +401,16 @@ def calibrate(model: nn.Module, seqs: torch.Tensor, weight_bits: int = 4, act_bi
         "seconds": time.perf_counter() - start,
     }
     return qmodel, report
+
+
+def from_state(model: nn.Module, state: dict, weight_bits: int, act_bits: int, embed_bits: int,
+               grid: str = "mse") -> nn.Module:
+    """Rebuild a calibrated AdaRound model from its saved state dict (hard rounding, frozen grids)."""
+    from ..train import load_into
+
+    qmodel = quantize_model(model, "adaround", weight_bits, act_bits, embed_bits, adaround_grid=grid)
+    for q in quantizers(qmodel).values():
+        q.initialized.fill_(True)
+    load_into(qmodel, state, "AdaRound checkpoint")
+    qmodel.pos_emb.weight_quantizer.rounding = "nearest"
+    return qmodel

@@ -156,3 +156,24 @@ def weight_quantizer(bits: int, axis: int | None = None, channels: int | None = 
 
 def act_quantizer(bits: int, signed: bool = True, **_) -> APoTQuantizer:
     return APoTQuantizer(bits, signed=signed)
+
+
+def pot_levels(B: int) -> torch.Tensor:
+    """Plain powers of two on [0, 1] with B bits: {0, 2^−(2^B−2), …, 2^−1, 1} (the paper's PoT baseline)."""
+    return torch.tensor(sorted([0.0] + [2.0**-i for i in range(2**B - 1)]))
+
+
+def uniform_levels(B: int) -> torch.Tensor:
+    """The uniform grid on [0, 1] with 2^B levels."""
+    return torch.arange(2**B, dtype=torch.float32) / (2**B - 1)
+
+
+def projection_error(x: torch.Tensor, magnitudes: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of sign(x)·α·Π(clip(|x|/α, 0, 1)) for each α (the paper's Fig. 2 argument):
+    PoT is fine near 0 and coarse near α, uniform the opposite, APoT in between."""
+    mids = (magnitudes[1:] + magnitudes[:-1]) / 2
+    errors = []
+    for a in alphas.tolist():
+        u = torch.clamp(x.abs() / a, 0, 1)
+        errors.append(((torch.sign(x) * a * magnitudes[torch.bucketize(u, mids)] - x) ** 2).mean())
+    return torch.stack(errors)

@@ -28,11 +28,20 @@ from .core import UniformQuantizer, broadcast, grad_scale, reduce_except, round_
 class LSQQuantizer(UniformQuantizer):
     method = "lsq"
 
+    def __init__(self, bits: int, signed: bool = True, axis: int | None = None, channels: int | None = None,
+                 role: str = "weight", use_grad_scale: bool = True):
+        super().__init__(bits, signed, axis, channels)
+        self.role = role
+        self.use_grad_scale = use_grad_scale  # off only to show what g does (notebook 04)
+
     def init_from(self, x: torch.Tensor) -> None:
         qp = self.qrange[1]
         self.step.data.copy_((2 * reduce_except(x, self.axis, "mean") / math.sqrt(qp)).clamp_min(1e-8))
 
     def grad_factor(self, x: torch.Tensor) -> float:
+        """g = 1/√(N·Q_P): N = elements per channel (weights), features per example (activations)."""
+        if not self.use_grad_scale:
+            return 1.0
         if self.axis is not None:
             n = x.numel() // x.shape[self.axis]
         elif self.role == "act" and x.dim() > 1:
@@ -45,10 +54,6 @@ class LSQQuantizer(UniformQuantizer):
         lo, hi = self.qrange
         s = broadcast(grad_scale(self.step, self.grad_factor(x)), x, self.axis)
         return round_ste(torch.clamp(x / s, lo, hi)) * s
-
-    def __init__(self, bits: int, signed: bool = True, axis=None, channels=None, role: str = "weight"):
-        super().__init__(bits, signed, axis, channels)
-        self.role = role
 
 
 def weight_quantizer(bits: int, axis: int | None = None, channels: int | None = None, **_) -> LSQQuantizer:

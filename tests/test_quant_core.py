@@ -1,0 +1,209 @@
+"""The shared core, the STE baseline and LSQ: reference cases (qat_methods.md §1-2) and PyTorch's kernels."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sasrec_nb.model import SASRec
+from sasrec_nb.quant import (METHODS, QuantEmbedding, QuantLinear, grad_scale, make_quantizer, param_groups,
+                             quantize_model, quantizers, round_ste)
+from sasrec_nb.quant.export import model_bytes
+
+X = [-1.2, -0.3, 0.05, 0.26, 0.9, 2.0]
+
+
+def fixed(method: str, bits: int, step: float, **kw):
+    q = make_quantizer(method, "weight", bits, **kw)
+    q.step.data.fill_(step)
+    q.initialized.fill_(True)
+    return q
+
+
+def test_round_ste_and_grad_scale():
+    x = torch.tensor([0.5, 1.5, 2.5, -0.4], requires_grad=True)
+    y = round_ste(x)
+    assert y.tolist() == [0.0, 2.0, 2.0, -0.0]  # half to even
+    y.sum().backward()
+    assert x.grad.tolist() == [1.0] * 4
+    s = torch.tensor(3.0, requires_grad=True)
+    out = grad_scale(s, 0.1)
+    assert out.item() == 3.0
+    out.backward()
+    assert s.grad.item() == pytest.approx(0.1)
+
+
+def test_ste_reference_case_and_torch_kernel():
+    x = torch.tensor(X, requires_grad=True)
+    q = fixed("ste", 3, 0.25)
+    y = q(x)
+    y.sum().backward()
+    assert torch.allclose(y, torch.tensor([-1.0, -0.25, 0.0, 0.25, 0.75, 0.75]))
+    assert torch.equal(y.detach(), torch.fake_quantize_per_tensor_affine(x.detach(), 0.25, 0, -4, 3))
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    assert q.step.grad.item() == pytest.approx(1.96, abs=1e-5)
+
+
+def test_ste_gradient_matches_torch_fake_quant_mask():
+    torch.manual_seed(0)
+    x = (torch.randn(1000) * 2).requires_grad_()
+    q = fixed("ste", 4, 0.3)
+    q(x).sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    torch.fake_quantize_per_tensor_affine(x2, 0.3, 0, -8, 7).sum().backward()
+    assert torch.equal(x.grad, x2.grad)
+
+
+def test_lsq_reference_case_and_torch_learnable_kernel():
+    x = torch.tensor(X, requires_grad=True)
+    q = fixed("lsq", 3, 0.25)
+    y = q(x)
+    y.sum().backward()
+    g = 1 / math.sqrt(6 * 3)
+    assert g == pytest.approx(0.235702, abs=1e-6)
+    assert torch.allclose(y, torch.tensor([-1.0, -0.25, 0.0, 0.25, 0.75, 0.75]))
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    assert q.step.grad.item() == pytest.approx(0.461976, abs=1e-6)
+    x2 = x.detach().clone().requires_grad_()
+    s = torch.tensor([0.25], requires_grad=True)
+    y2 = torch._fake_quantize_learnable_per_tensor_affine(x2, s, torch.tensor([0.0]), -4, 3, g)
+    y2.sum().backward()
+    assert torch.equal(y.detach(), y2.detach())
+    assert torch.equal(x.grad, x2.grad)
+    assert q.step.grad.item() == pytest.approx(s.grad.item(), abs=1e-6)
+
+
+def test_lsq_per_channel_matches_torch_per_channel_kernel():
+    torch.manual_seed(1)
+    w = (torch.randn(5, 16) * 0.7).requires_grad_()
+    q = make_quantizer("lsq", "weight", 4, axis=0, channels=5)
+    q.init_from(w.detach())
+    q.initialized.fill_(True)
+    y = q(w)
+    (y * torch.arange(16.0)).sum().backward()
+    w2 = w.detach().clone().requires_grad_()
+    s = q.step.detach().clone().requires_grad_()
+    g = 1 / math.sqrt(16 * 7)  # N = elements per channel
+    y2 = torch._fake_quantize_learnable_per_channel_affine(w2, s, torch.zeros(5), 0, -8, 7, g)
+    (y2 * torch.arange(16.0)).sum().backward()
+    assert torch.allclose(y, y2)
+    assert torch.allclose(w.grad, w2.grad)  # (x/s)·s in float is not exactly x: equal to 1e-6
+    assert torch.allclose(q.step.grad, s.grad, atol=1e-6)
+
+
+def test_lsq_initialisation():
+    q = make_quantizer("lsq", "weight", 3)
+    q.init_from(torch.tensor(X))
+    assert q.step.item() == pytest.approx(0.906440, abs=1e-6)
+    w = torch.tensor([[0.1, -0.2, 0.4, -0.8], [1.0, 0.5, -0.25, 0.0]])
+    qc = make_quantizer("lsq", "weight", 3, axis=0, channels=2)
+    qc.init_from(w)
+    assert qc.step.tolist() == pytest.approx([0.433013, 0.505181], abs=1e-6)
+
+
+def test_lsq_activation_is_unsigned_after_relu():
+    q = make_quantizer("lsq", "act", 4, signed=False)
+    assert q.qrange == (0, 15)
+    q.step.data.fill_(0.1)
+    q.initialized.fill_(True)
+    assert q(torch.tensor([-0.3, 0.26, 2.0])).tolist() == pytest.approx([0.0, 0.3, 1.5])
+
+
+@pytest.mark.parametrize("method", ["ste", "lsq"])
+def test_export_dequantizes_to_forward(method):
+    torch.manual_seed(2)
+    w = torch.randn(6, 10)
+    q = make_quantizer(method, "weight", 4, axis=0, channels=6)
+    q.init_from(w)
+    q.initialized.fill_(True)
+    e = q.export(w)
+    assert e.codes.dtype == torch.int8 and int(e.codes.min()) >= -8 and int(e.codes.max()) <= 7
+    assert torch.equal(e.dequantize(), q(w).detach())
+
+
+@pytest.mark.parametrize("method", ["ste", "lsq"])
+def test_sixteen_bit_quant_linear_matches_float_layer(method):
+    torch.manual_seed(3)
+    lin = nn.Linear(32, 16)
+    model = nn.Sequential(lin)
+    qmodel = quantize_model(model, method, 16, 16)
+    x = torch.randn(8, 32)
+    quant_lin = qmodel[0]
+    assert isinstance(quant_lin, QuantLinear)
+    quant_lin.input_quantizer.init_from(x)
+    quant_lin.input_quantizer.initialized.fill_(True)
+    ref = lin(x)
+    rel = (quant_lin(x) - ref).abs().max() / ref.abs().max()
+    tol = 2e-4 if method == "ste" else 5e-3  # LSQ's 2·mean/√Q_P start is coarser than abs-max
+    assert rel < tol
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_quantize_model_reaches_every_linear_and_the_table(method):
+    model = SASRec(30, 16, 2, 2, 8)
+    qmodel = quantize_model(model, method, 4 if method != "dorefa" else 4, 8)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    qlinears = [n for n, m in qmodel.named_modules() if isinstance(m, QuantLinear)]
+    assert linears == qlinears and len(linears) == 12
+    assert isinstance(qmodel.item_emb, QuantEmbedding) and isinstance(qmodel.pos_emb, QuantEmbedding)
+    assert qmodel.head_weight is qmodel.item_emb.weight_quantizer
+    assert qmodel.item_emb.weight_quantizer.bits == 8 and qmodel.blocks[0].attn.q.weight_quantizer.bits == 4
+    for point in ("embed_out", "head_input"):
+        assert getattr(qmodel, point).method == method or method in ("pact", "adaround")
+    names = quantizers(qmodel)
+    assert sum("weight_quantizer" in n for n in names) == 14
+    assert not any(isinstance(m, nn.Identity) for n, m in qmodel.named_modules()
+                   if n.endswith(("embed_out", "attn_out", "ffn_out", "head_input")))
+    assert qmodel.blocks[0].ffn.fc2.input_quantizer.signed is False
+    assert qmodel.blocks[0].ffn.fc1.input_quantizer.signed is True
+    seqs = torch.randint(0, 31, (4, 8))
+    assert qmodel.scores(seqs).shape == (4, 31)
+    assert model is not qmodel and isinstance(model.blocks[0].attn.q, nn.Linear)
+
+
+@pytest.mark.parametrize("method,bad,supported", [("ste", 1, "2 to 16"), ("lsq", 17, "2 to 16"),
+                                                  ("apot", 9, "2 to 8"), ("pact", 1, "2 to 16")])
+def test_unsupported_bits_raise_with_the_range(method, bad, supported):
+    with pytest.raises(ValueError, match=supported):
+        make_quantizer(method, "act" if method == "pact" else "weight", bad)
+
+
+def test_unknown_method_and_role():
+    with pytest.raises(ValueError, match="choose one of"):
+        make_quantizer("nope", "weight", 8)
+    with pytest.raises(ValueError, match="role"):
+        make_quantizer("lsq", "bias", 8)
+
+
+def test_param_groups_separate_quantizer_parameters():
+    qmodel = quantize_model(SASRec(30, 16, 2, 1, 8), "lsq")
+    groups = param_groups(qmodel, lr=1e-3, quant_lr=1e-4)
+    weights, scales = groups[0], groups[1]
+    steps = {id(q.step) for q in quantizers(qmodel).values()}
+    assert all(id(p) not in steps for p in weights["params"])
+    assert {id(p) for p in scales["params"]} == steps and scales["lr"] == 1e-4 and scales["weight_decay"] == 0.0
+    n_params = sum(1 for _ in qmodel.parameters())
+    assert len(weights["params"]) + len(scales["params"]) == n_params
+
+
+def test_calibration_initialises_every_activation_point_with_the_true_max():
+    model = SASRec(30, 16, 2, 1, 8).eval()
+    qmodel = quantize_model(model, "ste", 8, 8, calibration=[torch.randint(0, 31, (64, 8))])
+    for name, q in quantizers(qmodel, "act").items():
+        assert bool(q.initialized), name
+    seen = {}
+    h = qmodel.head_input.register_forward_hook(lambda m, i, o: seen.setdefault("x", i[0]))
+    qmodel.head_input.enabled = False
+    with torch.no_grad():
+        qmodel.logits(qmodel(torch.randint(0, 31, (64, 8))))
+    h.remove()
+    assert qmodel.head_input.scale.item() > 0
+
+
+def test_model_bytes_shrink_with_bits():
+    model = SASRec(200, 32, 2, 2, 16)
+    fp32 = model_bytes(model)
+    assert fp32 == 4 * sum(p.numel() for p in model.parameters())
+    b8 = model_bytes(quantize_model(model, "lsq", 8, 8, 8))
+    b4 = model_bytes(quantize_model(model, "lsq", 4, 8, 4))
+    assert b4 < b8 < 0.35 * fp32
