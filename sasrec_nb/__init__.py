@@ -1,16 +1,32 @@
 """sasrec_nb: the helper package of the SASRec QAT notebooks.
 
-The notebooks import it as ``import sasrec_nb as snb``; the names below are the public API.
+The notebooks import it as ``import sasrec_nb as snb``; the names below are the public API. They are
+loaded on first use (PEP 562), so ``python -m sasrec_nb.train`` runs its module only once.
 """
-from .config import Profile, get_profile, project_root
-from .data import DataError, load_dataset, synthetic
-from .experiments import adaround_model, fp32_model, load_split, qat_model
-from .loaders import calibration_sequences, leave_one_out
-from .model import SASRec
-from .train import Popularity, evaluate, fit, load_into, read_checkpoint, save_checkpoint
+from importlib import import_module
 
-__all__ = [
-    "DataError", "Popularity", "Profile", "SASRec", "adaround_model", "calibration_sequences", "evaluate", "fit",
-    "fp32_model", "get_profile", "leave_one_out", "load_dataset", "load_into", "load_split", "project_root",
-    "qat_model", "read_checkpoint", "save_checkpoint", "synthetic",
-]
+_API = {
+    "Profile": "config", "get_profile": "config", "project_root": "config",
+    "DataError": "data", "load_dataset": "data", "synthetic": "data",
+    "adaround_model": "experiments", "fp32_model": "experiments", "load_split": "experiments",
+    "qat_model": "experiments",
+    "calibration_sequences": "loaders", "leave_one_out": "loaders",
+    "SASRec": "model",
+    "Popularity": "train", "evaluate": "train", "fit": "train", "load_into": "train", "read_checkpoint": "train",
+    "save_checkpoint": "train",
+}
+_SUBMODULES = ("config", "data", "exercises", "experiments", "loaders", "metrics", "model", "plots", "quant", "train")
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(import_module(f".{_API[name]}", __name__), name)
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'sasrec_nb' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(__all__) | set(_SUBMODULES))

@@ -209,3 +209,52 @@ def paired_table(models: dict[str, nn.Module], baseline: nn.Module, split: Split
                                "difference": d["mean"], "95% CI low": d["ci95_low"], "95% CI high": d["ci95_high"],
                                "% of FP32": 100 * mine[p].mean().item() / base[p].mean().item()}
     return pd.DataFrame(rows).T.round(4)
+
+
+def planned_runs(methods: list[str], bits: list[int], act_bits: int) -> list[tuple[str, int | None, int | None]]:
+    """FP32 first (every run starts from it), then each method at each weight bit width."""
+    runs: list[tuple[str, int | None, int | None]] = [("fp32", None, None)]
+    runs += [(m, b, act_bits) for m in methods for b in bits if m != "fp32"]
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sasrec_nb.train``: train FP32 and the QAT methods, write checkpoints and results."""
+    import argparse
+    import os
+
+    from .config import PROFILES, get_profile
+    from .quant import METHODS
+
+    parser = argparse.ArgumentParser(prog="python -m sasrec_nb.train", description=main.__doc__)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--all", action="store_true", help="FP32 and every method at every --bits")
+    what.add_argument("--method", choices=("fp32",) + METHODS, help="one method (FP32 is trained first if missing)")
+    parser.add_argument("--bits", type=int, nargs="+", default=None, help="weight bit widths (default: 8 4)")
+    parser.add_argument("--act-bits", type=int, default=8)
+    parser.add_argument("--profile", choices=list(PROFILES), default=None, help="default: $SASREC_NB_PROFILE or quick")
+    parser.add_argument("--dataset", default=None, help="a registered dataset or a SASRec text file")
+    parser.add_argument("--force", action="store_true", help="retrain runs whose results exist")
+    args = parser.parse_args(argv)
+    if args.dataset:
+        os.environ["SASREC_NB_DATASET"] = args.dataset
+    profile = get_profile(args.profile)
+    bits = args.bits or [8, 4]
+    runs = planned_runs(list(METHODS) if args.all else [args.method], bits, args.act_bits)
+    print(f"profile {profile.name} · dataset {dataset_label(profile.dataset)} · device {device()} · "
+          f"{len(runs)} runs", flush=True)
+    for method, wb, ab in runs:
+        name = run_name(method, wb or 0, ab or 0)
+        result = results_dir(profile) / f"{name}.json"
+        if result.exists() and not args.force:
+            print(f"  {name}: results exist ({result.relative_to(results_dir(profile).parents[2])}); --force to redo")
+            continue
+        started = time.perf_counter()
+        if method == "fp32":
+            fp32_model(profile, force=args.force)
+        elif method == "adaround":
+            adaround_model(profile, wb, ab, force=args.force)
+        else:
+            qat_model(profile, method, wb, ab, force=args.force)
+        print(f"  {name}: done in {time.perf_counter() - started:.0f} s -> {result.name}", flush=True)
+    return 0

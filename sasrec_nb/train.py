@@ -220,3 +220,11 @@ def batches(seqs: torch.Tensor, size: int) -> Iterable[torch.Tensor]:
     for start in range(0, len(seqs), size):
         yield seqs[start:start + size]
 
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .experiments import main
+
+    sys.exit(main())

@@ -177,13 +177,16 @@ def test_unknown_method_and_role():
 
 def test_param_groups_separate_quantizer_parameters():
     qmodel = quantize_model(SASRec(30, 16, 2, 1, 8), "lsq")
-    groups = param_groups(qmodel, lr=1e-3, quant_lr=1e-4)
-    weights, scales = groups[0], groups[1]
-    steps = {id(q.step) for q in quantizers(qmodel).values()}
+    groups = param_groups(qmodel, lr=1e-3, quant_lr=1e-2)
+    weights, scale_groups = groups[0], groups[1:]
+    steps = {id(q.step): q.step for q in quantizers(qmodel).values()}
     assert all(id(p) not in steps for p in weights["params"])
-    assert {id(p) for p in scales["params"]} == steps and scales["lr"] == 1e-4 and scales["weight_decay"] == 0.0
+    assert {id(g["params"][0]) for g in scale_groups} == set(steps)
+    for g in scale_groups:  # a relative step: lr proportional to the parameter's size
+        p = g["params"][0]
+        assert g["lr"] == pytest.approx(1e-2 * p.detach().abs().mean().item()) and g["weight_decay"] == 0.0
     n_params = sum(1 for _ in qmodel.parameters())
-    assert len(weights["params"]) + len(scales["params"]) == n_params
+    assert len(weights["params"]) + len(scale_groups) == n_params
 
 
 def test_calibration_initialises_every_activation_point_with_the_true_max():

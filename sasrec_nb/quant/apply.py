@@ -118,24 +118,25 @@ def calibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     model.train(was_training)
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, quant_lr: float | None = None) -> list[dict]:
-    """Model weights in one group; quantizer parameters in groups of their own lr and weight decay.
+def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, quant_lr: float = 1e-3) -> list[dict]:
+    """Model weights in one group; each quantizer parameter in a group of its own.
 
-    Adam divides each update by the running RMS of the gradient, so LSQ's gradient scale g barely
-    changes Adam's steps (qat_methods.md §0): the quantizer's own learning rate is what keeps its
-    relative update small. PACT's L2 on α (λ_α) is its group's weight decay.
+    Adam moves every parameter by about its learning rate per step, whatever the gradient's size, so
+    LSQ's gradient scale g barely changes Adam's steps (qat_methods.md §0). Scales differ by orders of
+    magnitude (≈ 0.002 for an 8-bit weight row, ≈ 0.05 for an activation), so each quantizer
+    parameter gets ``lr = quant_lr × mean|value|`` at the time the groups are built: a *relative*
+    step of about ``quant_lr``, for every bit width and layer. PACT's L2 on α (λ_α) is its group's
+    weight decay.
     """
-    quant_ids: dict[int, float] = {}
-    for q in quantizers(model).values():
-        for p in q.parameters(recurse=False):
-            quant_ids[id(p)] = q.param_weight_decay
-    weights = [p for p in model.parameters() if id(p) not in quant_ids and p.requires_grad]
+    quant_params: dict[int, tuple[str, float]] = {}
+    for qname, q in quantizers(model).items():
+        for pname, p in q.named_parameters(recurse=False):
+            quant_params[id(p)] = (f"{qname}.{pname}", q.param_weight_decay)
+    weights = [p for p in model.parameters() if id(p) not in quant_params and p.requires_grad]
     groups = [{"params": weights, "lr": lr, "weight_decay": weight_decay, "name": "weights"}]
-    by_decay: dict[float, list] = {}
     for p in model.parameters():
-        if id(p) in quant_ids and p.requires_grad:
-            by_decay.setdefault(quant_ids[id(p)], []).append(p)
-    for decay, params in sorted(by_decay.items()):
-        groups.append({"params": params, "lr": quant_lr if quant_lr is not None else lr,
-                       "weight_decay": decay, "name": f"quantizers(wd={decay:g})"})
+        if id(p) in quant_params and p.requires_grad:
+            name, decay = quant_params[id(p)]
+            scale = p.detach().abs().mean().item()
+            groups.append({"params": [p], "lr": quant_lr * max(scale, 1e-8), "weight_decay": decay, "name": name})
     return groups
