@@ -15,7 +15,8 @@ _API = {
     "Popularity": "train", "evaluate": "train", "fit": "train", "load_into": "train", "read_checkpoint": "train",
     "save_checkpoint": "train",
 }
-_SUBMODULES = ("config", "data", "exercises", "experiments", "loaders", "metrics", "model", "plots", "quant", "train")
+_SUBMODULES = ("config", "data", "exercises", "experiments", "int8", "loaders", "metrics", "model", "plots", "quant",
+               "train")
 
 __all__ = sorted(_API)
 

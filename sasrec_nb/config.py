@@ -47,10 +47,10 @@ class Profile:
     loss: str = "ce"           # "ce": full softmax cross-entropy; "bce": the paper's one sampled negative
     train_windows: str = "last"  # "last": the most recent max_len items per user (reference); "all": whole history
     seed: int = 42
-    # QAT fine-tuning from the FP32 checkpoint
+    # QAT fine-tuning from the FP32 checkpoint (always with a cosine decay of the learning rate)
     qat_epochs: int = 4
-    qat_lr: float = 2e-4
-    quant_lr: float = 1e-2     # relative step of quantizer parameters per Adam update (see quant.param_groups)
+    qat_lr: float = 5e-5
+    quant_lr: float = 1e-3     # relative step of quantizer parameters per Adam update (see quant.param_groups)
     weight_bits: int = 8
     act_bits: int = 8
     embed_bits: int = 8
@@ -74,10 +74,11 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "quick": Profile(name="quick", dataset="ml-100k", embed_dim=128, num_heads=4, num_blocks=2, max_len=50,
                      dropout=0.2, lr=1e-3, batch_size=64, epochs=20, patience=100, eval_every=2,
-                     lr_schedule="cosine", qat_lr=5e-5, quant_lr=1e-3),
+                     lr_schedule="cosine"),
     "full": Profile(name="full", dataset="ml-1m-sasrec-trunc2", embed_dim=50, num_heads=1, num_blocks=2,
                     max_len=200, dropout=0.2, lr=1e-3, batch_size=128, epochs=200, patience=3, eval_every=2,
-                    qat_epochs=6, adaround_iters=2000, adaround_lr=3e-3, progress=True),
+                    qat_epochs=6, qat_lr=1e-4, adaround_iters=2000, adaround_lr=3e-3,
+                    progress=True),
 }
 
 

@@ -95,3 +95,10 @@ def check_rectified_sigmoid(rectified_sigmoid: Callable) -> None:
     want = torch.tensor([0.3, 0.75, 0.4, 0.0, 0.51, 0.0, 1.0])
     assert torch.allclose(got, want, atol=1e-5), f"got {got.tolist()}, expected {want.tolist()}"
     _passed("rectified_sigmoid")
+
+
+def check_percent_of_fp32(percent_of_fp32: Callable) -> None:
+    """The share of FP32 quality a quantized model keeps (notebook 09)."""
+    assert abs(float(percent_of_fp32(0.18, 0.2)) - 90.0) < 1e-9, "0.18 of 0.2 is 90 %"
+    assert abs(float(percent_of_fp32(0.2, 0.2)) - 100.0) < 1e-9
+    _passed("percent_of_fp32")

@@ -19,7 +19,7 @@ from .config import Profile, checkpoint_dir, dataset_slug, device, results_dir
 from .data import REGISTRY, load_dataset
 from .loaders import Split, calibration_sequences, leave_one_out
 from .model import SASRec
-from .quant import calibrate_activations, param_groups, quantize_model, quantizers
+from .quant import calibrate_activations, capture_inputs, param_groups, quantize_model, quantizers
 from .quant.export import model_bytes
 from .train import evaluate, fit, load_into, read_checkpoint, save_checkpoint, seed_everything, write_json
 
@@ -116,15 +116,11 @@ class QuantizerTrace:
     @torch.no_grad()
     def __call__(self, epoch: int, model: nn.Module) -> None:
         found = quantizers(model)
-        inputs: dict[str, torch.Tensor] = {}
-        hooks = [q.register_forward_hook(lambda m, i, o, n=n: inputs.setdefault(n, i[0].detach()))
-                 for n, q in found.items()]
         was_training = model.training
         model.eval()
-        model.logits(model(self.probe.to(next(model.parameters()).device)))
+        with capture_inputs(found) as inputs:
+            model.logits(model(self.probe.to(next(model.parameters()).device)))
         model.train(was_training)
-        for h in hooks:
-            h.remove()
         for name, q in found.items():
             self.scales[name].append(q.scale.float().mean().item())
             x = inputs[name]
@@ -158,7 +154,8 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
     trace = QuantizerTrace(qmodel, calib[:128])
     groups = param_groups(qmodel, profile.qat_lr, profile.weight_decay, profile.quant_lr)
     history = fit(qmodel, split, profile, epochs=epochs or profile.qat_epochs, lr=profile.qat_lr,
-                  param_groups=groups, eval_every=1, patience=max(2, profile.patience), on_epoch=trace)
+                  param_groups=groups, eval_every=1, patience=max(2, profile.patience), schedule="cosine",
+                  on_epoch=trace)
     history["quantizer_scales"], history["quantizer_stats"] = trace.scales, trace.stats
     save_checkpoint(path, qmodel, {"profile": profile.to_dict(), "history": history})
     write_json(path.with_suffix(".json"), history)

@@ -117,13 +117,15 @@ def fit(
     patience: int | None = None,
     eval_every: int | None = None,
     progress: bool | None = None,
+    schedule: str | None = None,
     on_epoch=None,
 ) -> dict:
     """Train ``model`` on ``split.train``; returns the history and leaves the best weights loaded.
 
     ``param_groups`` (e.g. from :func:`sasrec_nb.quant.param_groups`) replace the single group, so QAT
-    can give quantizer parameters their own learning rate. ``on_epoch(epoch, model)`` is called after
-    every epoch (QAT notebooks record scales there).
+    can give quantizer parameters their own learning rate; ``schedule`` overrides the profile's
+    (QAT fine-tunes with a cosine decay). ``on_epoch(epoch, model)`` is called after every epoch
+    (QAT notebooks record scales there).
     """
     epochs = profile.epochs if epochs is None else epochs
     patience = profile.patience if patience is None else patience
@@ -134,7 +136,7 @@ def fit(
     loader = train_loader(split, profile.batch_size, profile.seed, profile.train_windows)
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     optimizer = torch.optim.Adam(groups, lr=profile.lr if lr is None else lr, betas=(0.9, 0.98), weight_decay=profile.weight_decay)
-    scheduler = lr_schedule(optimizer, profile.lr_schedule, epochs * len(loader))
+    scheduler = lr_schedule(optimizer, schedule or profile.lr_schedule, epochs * len(loader))
     gen = torch.Generator().manual_seed(profile.seed)
     history: dict = {"epochs": [], "best_epoch": None, "stopped_early": False}
     best, best_state, bad = -math.inf, None, 0

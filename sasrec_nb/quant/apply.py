@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from contextlib import contextmanager
 from importlib import import_module
 
 import torch
@@ -140,3 +141,24 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, quant_l
             scale = p.detach().abs().mean().item()
             groups.append({"params": [p], "lr": quant_lr * max(scale, 1e-8), "weight_decay": decay, "name": name})
     return groups
+
+
+@contextmanager
+def capture_inputs(modules: dict[str, nn.Module]):
+    """Record the first input each module receives while the block runs: ``{name: tensor}``.
+
+    The hooks return None, so the modules' outputs are left untouched.
+    """
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def record(_module, args, _output) -> None:
+            seen.setdefault(name, args[0].detach())
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()

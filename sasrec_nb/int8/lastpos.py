@@ -1,0 +1,76 @@
+"""The inference path shared by the FP32 and the integer models ("lastpos").
+
+``model.scores(seqs)`` needs the hidden state of the last position only. Every block but the last
+must still run on all positions (their outputs are the last block's keys and values), but the last
+block's queries, FFN and the final LayerNorm are needed at the last position alone:
+
+    q_t = LN_attn(x_t);  x_t ← q_t + Attn(q_t, x, x)   (keys/values: all positions, mask row t)
+    q_t = LN_ffn(x_t);   x_t ← q_t + FFN(q_t)
+    F_t = LN_last(x_t)
+
+This is an algorithmic saving, not quantization: both sides of every speed comparison use it, so
+that the FP32/INT8 ratio measures quantization alone. The function works on any module shaped like
+:class:`~sasrec_nb.model.SASRec` (``embed``, ``blocks``, ``last_ln``), which is how the integer model
+reuses it: its Linears are integer kernels, everything else is the model's own code.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model import Block, attention_mask
+
+
+def last_block(block: Block, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """:meth:`Block.forward` for the last position only: ``[B, L, d] → [B, 1, d]``."""
+    q = block.ln_attn(x[:, -1:])
+    x_t = q + block.attn_out(block.attn(q, x, mask[:, :, -1:]))
+    q = block.ln_ffn(x_t)
+    return (q + block.ffn_out(block.ffn(q))) * keep[:, -1:]
+
+
+def last_hidden(model: nn.Module, seqs: torch.Tensor) -> torch.Tensor:
+    """F_t, the final hidden state at the last position ``[B, d]``, computed with lastpos."""
+    x, keep = model.embed(seqs)
+    mask = attention_mask(seqs)
+    *first, last = model.blocks
+    for block in first:
+        x = block(x, mask, keep)
+    return model.last_ln(last_block(last, x, mask, keep))[:, 0]
+
+
+def padding_bias(rows: int, device: torch.device | None = None) -> torch.Tensor:
+    """GEMM bias that gives column 0 (padding) the score −inf, as ``model.scores`` does."""
+    bias = torch.zeros(rows, device=device)
+    bias[0] = float("-inf")
+    return bias
+
+
+class FP32Scorer(nn.Module):
+    """``model.scores`` through lastpos: ``head(F_t) = F_t · M[0..N]ᵀ + bias`` with bias₀ = −inf.
+
+    Scoring the whole table (padding row included) with a −inf bias avoids the copy that slicing and
+    padding would make; the integer head does the same.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval()
+        self.register_buffer("bias", padding_bias(model.num_items + 1, model.item_emb.weight.device))
+
+    @torch.no_grad()
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.model.head_input(hidden), self.model.item_table(), self.bias)
+
+    @torch.no_grad()
+    def scores(self, seqs: torch.Tensor) -> torch.Tensor:
+        """``[B, num_items + 1]``, equal to ``model.scores(seqs)`` up to float rounding."""
+        return self.head(last_hidden(self.model, seqs))
+
+    forward = scores
+
+
+def fp32_scorer(model: nn.Module) -> FP32Scorer:
+    """The FP32 (or fake-quant) model's scores computed through the lastpos path."""
+    return FP32Scorer(model)

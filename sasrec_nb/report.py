@@ -1,0 +1,57 @@
+"""Reading the committed results JSON (``results/<dataset>/<profile>/*.json``) into tables."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .config import Profile, results_dir
+
+METHOD_ORDER = ("fp32", "ste", "lsq", "pact", "dorefa", "apot", "adaround")
+
+
+def load_results(profile: Profile, folder: Path | None = None) -> pd.DataFrame:
+    """One row per run: metrics under both protocols, the paired difference to FP32, size and cost."""
+    folder = folder or results_dir(profile)
+    rows = []
+    for path in sorted(folder.glob("*.json")):
+        r = json.loads(path.read_text())
+        if "test" not in r:
+            continue
+        row = {
+            "run": r["run"], "method": r["method"], "weight_bits": r["weight_bits"] or 32, "act_bits": r["act_bits"] or 32,
+            "full NDCG@10": r["test"]["full"]["ndcg@10"], "full Hit@10": r["test"]["full"]["hit@10"],
+            "sampled100 NDCG@10": r["test"]["sampled100"]["ndcg@10"], "sampled100 Hit@10": r["test"]["sampled100"]["hit@10"],
+            "model MB": r["model_bytes"] / 1e6, "train s": r["train_seconds"], "s/epoch": r["seconds_per_epoch"],
+            "epochs": r["epochs"], "n_users": r["n_users"],
+        }
+        vs = r.get("vs_fp32", {}).get("full")
+        if vs:
+            d = vs["diff_ndcg@10"]
+            row.update({"% of FP32": 100 * vs["ratio"], "Δ NDCG@10": d["mean"],
+                        "95% CI": f"[{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}]"})
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    df["order"] = df["method"].map({m: i for i, m in enumerate(METHOD_ORDER)})
+    return df.sort_values(["order", "weight_bits"], ascending=[True, False]).drop(columns="order").set_index("run")
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """The README's results table."""
+    cols = ["method", "weight_bits", "act_bits", "full NDCG@10", "full Hit@10", "sampled100 NDCG@10",
+            "sampled100 Hit@10", "% of FP32", "95% CI", "model MB", "train s"]
+    view = df[[c for c in cols if c in df]].copy()
+    lines = ["| " + " | ".join(["run"] + list(view.columns)) + " |", "|" + "---|" * (len(view.columns) + 1)]
+    for run, row in view.iterrows():
+        cells = []
+        for c in view.columns:
+            v = row[c]
+            if isinstance(v, float):
+                v = "" if pd.isna(v) else (f"{v:.1f}" if c in ("% of FP32", "train s") else
+                                           f"{v:.2f}" if c == "model MB" else f"{v:.4f}")
+            cells.append(str(v))
+        lines.append("| " + " | ".join([run] + cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""The run cache: checkpoints, histories and results JSON (DESIGN §6), on a tiny SASRec-format file."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sasrec_nb import config, experiments, report
+from sasrec_nb.data import synthetic
+
+torch.set_num_threads(1)
+
+SCHEMA = {"run", "method", "weight_bits", "act_bits", "dataset", "profile", "test", "n_users", "model_bytes",
+          "train_seconds", "seconds_per_epoch", "epochs", "device", "torch", "command"}
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    data = synthetic(num_users=120, num_items=80, mean_len=12, seed=3)
+    path = tmp_path / "toy.txt"
+    path.write_text("".join(f"{u + 1} {i}\n" for u, seq in enumerate(data.sequences) for i in seq))
+    monkeypatch.setenv("SASREC_NB_HOME", str(tmp_path))
+    monkeypatch.setenv("SASREC_NB_DATASET", str(path))
+    experiments._split.cache_clear()
+    return tmp_path
+
+
+def tiny_profile():
+    return config.get_profile("quick", embed_dim=16, num_heads=2, num_blocks=1, max_len=10, epochs=2,
+                              eval_every=1, batch_size=32, qat_epochs=1, calib_sequences=64, num_negatives=20,
+                              adaround_iters=10)
+
+
+def test_fp32_and_qat_runs_write_and_reuse_their_files(home):
+    profile = tiny_profile()
+    model, history = experiments.fp32_model(profile)
+    ckpt = home / "checkpoints" / "toy" / "quick"
+    assert (ckpt / "fp32.pt").exists() and (ckpt / "fp32.json").exists()
+    result = json.loads((home / "results" / "toy" / "quick" / "fp32.json").read_text())
+    assert SCHEMA <= set(result)
+    assert set(result["test"]) == {"full", "sampled100"}
+    assert {"ndcg@5", "ndcg@10", "ndcg@20", "hit@10"} <= set(result["test"]["full"])
+    again, history2 = experiments.fp32_model(profile)  # loaded, not retrained
+    assert history2 == json.loads((ckpt / "fp32.json").read_text()) or history2["epochs"] == history["epochs"]
+    seqs = experiments.load_split(profile).test.inputs[:8]
+    assert torch.equal(model.eval().scores(seqs), again.eval().scores(seqs))
+
+    qmodel, qhistory = experiments.qat_model(profile, "lsq", 4, 8)
+    q = json.loads((home / "results" / "toy" / "quick" / "lsq_w4a8.json").read_text())
+    assert q["run"] == "lsq_w4a8" and q["weight_bits"] == 4 and q["act_bits"] == 8
+    assert q["model_bytes"] < result["model_bytes"]
+    vs = q["vs_fp32"]["full"]
+    assert vs["diff_ndcg@10"]["ci95_low"] <= vs["diff_ndcg@10"]["mean"] <= vs["diff_ndcg@10"]["ci95_high"]
+    assert set(qhistory["quantizer_scales"]) == set(qhistory["quantizer_stats"])
+    assert all(len(v) == 2 for v in qhistory["quantizer_scales"].values())  # after calibration + 1 epoch
+    reloaded, _ = experiments.qat_model(profile, "lsq", 4, 8)
+    assert torch.allclose(qmodel.eval().scores(seqs), reloaded.eval().scores(seqs))
+
+    table = report.load_results(profile, home / "results" / "toy" / "quick")
+    assert list(table.index) == ["fp32", "lsq_w4a8"]
+    assert "| lsq_w4a8 | lsq | 4 | 8 |" in report.markdown_table(table)
+
+
+def test_adaround_run_reloads_identically(home):
+    profile = tiny_profile()
+    qmodel, rep = experiments.adaround_model(profile, 4, 8)
+    assert "layers" in rep and (home / "results" / "toy" / "quick" / "adaround_w4a8.json").exists()
+    reloaded, _ = experiments.adaround_model(profile, 4, 8)
+    seqs = experiments.load_split(profile).test.inputs[:8]
+    assert torch.equal(qmodel.eval().scores(seqs), reloaded.eval().scores(seqs))
+
+
+def test_cli_trains_then_skips_existing_results(home, capsys):
+    profile = tiny_profile()
+    experiments.fp32_model(profile)
+    assert experiments.main(["--method", "fp32"]) == 0
+    assert "results exist" in capsys.readouterr().out
+
+
+def test_planned_runs_start_with_fp32():
+    runs = experiments.planned_runs(["lsq", "pact"], [8, 4], 8)
+    assert runs[0] == ("fp32", None, None) and len(runs) == 5 and ("pact", 4, 8) in runs
+    assert experiments.run_name("lsq", 4, 8) == "lsq_w4a8" and experiments.run_name("fp32", 0, 0) == "fp32"

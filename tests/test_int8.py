@@ -1,0 +1,132 @@
+"""Real INT8 SASRec: both back ends against the fake-quant twin, the lastpos path, size and refusals.
+
+A small random SASRec is quantized with each uniform method and calibrated on random sequences. The
+integer model must reproduce its fake-quant twin (not the FP32 model): the same scores up to float
+rounding, except where x/s falls within rounding error of a tie and one code flips, which moves a
+few rows a little.
+"""
+import pytest
+import torch
+
+from sasrec_nb.int8 import (BACKENDS, export_onnx, fp32_scorer, onnx_integer_matmuls, saved_bytes, to_int8)
+from sasrec_nb.int8.bench import random_seqs
+from sasrec_nb.int8.torch_backend import SMALL_BATCH
+from sasrec_nb.model import SASRec
+from sasrec_nb.quant import calibrate_activations, quantize_model
+
+UNIFORM = ("ste", "lsq", "pact", "dorefa", "adaround")
+NUM_ITEMS, DIM, HEADS, BLOCKS, MAX_LEN = 300, 32, 2, 2, 20
+
+
+def needs_ort() -> None:
+    pytest.importorskip("onnx", reason="the ONNX back end needs the optional deploy dependency onnx")
+    pytest.importorskip("onnxruntime", reason="the ONNX back end needs the optional deploy dependency onnxruntime")
+
+
+def quantized(model: SASRec, method: str, **bits) -> SASRec:
+    qmodel = quantize_model(model, method, **{"weight_bits": 8, "act_bits": 8, "embed_bits": 8, **bits})
+    calibrate_activations(qmodel, [random_seqs(model.num_items, 64, model.max_len, seed=s) for s in range(3)])
+    return qmodel.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: fastest at these tiny shapes, and not slowed down by a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fp32() -> SASRec:
+    torch.manual_seed(0)
+    return SASRec(NUM_ITEMS, DIM, HEADS, BLOCKS, MAX_LEN).eval()
+
+
+@pytest.fixture(scope="module")
+def seqs() -> torch.Tensor:
+    return random_seqs(NUM_ITEMS, 300, MAX_LEN, seed=100)
+
+
+@pytest.fixture(scope="module", params=UNIFORM)
+def twin(request, fp32) -> SASRec:
+    return quantized(fp32, request.param)
+
+
+def top10_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Share of rows whose top-10 item sets are equal."""
+    top = lambda s: s.topk(10).indices.sort(-1).values
+    return (top(a) == top(b)).all(-1).float().mean().item()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_integer_model_matches_fake_quant_twin(twin, backend, seqs, tmp_path):
+    if backend == "onnx":
+        needs_ort()
+    model = to_int8(twin, backend, tmp_path / "model.onnx", threads=1)
+    with torch.no_grad():
+        ref = twin.scores(seqs)
+    out = model.scores(seqs)
+    assert out.shape == ref.shape and torch.isneginf(out[:, 0]).all()
+    row_err = (out[:, 1:] - ref[:, 1:]).abs().amax(1) / ref[:, 1:].abs().max()
+    agree = top10_agreement(out, ref)
+    print(f"{twin.quant_config['method']}/{backend}: max |Δ| / max |score| = {row_err.max():.1e}, "
+          f"median row {row_err.median():.1e}, top-10 equal in {agree:.1%} of rows")
+    assert row_err.median() < 1e-5
+    assert row_err.quantile(0.95) < 1e-3
+    assert row_err.max() < 0.1
+    assert agree >= 0.99
+    if backend == "onnx":
+        assert onnx_integer_matmuls(model.path) == 6 * BLOCKS + 1  # every Linear and the head
+
+
+def test_small_batches_take_the_other_head_kernel_with_the_same_result(fp32, seqs):
+    model = to_int8(quantized(fp32, "dorefa"))
+    few = seqs[:SMALL_BATCH]
+    assert torch.allclose(model.scores(few)[:, 1:], model.scores(seqs)[:SMALL_BATCH, 1:], atol=1e-5)
+
+
+def test_lastpos_path_gives_model_scores(fp32, seqs):
+    ref = fp32.scores(seqs)
+    out = fp32_scorer(fp32).scores(seqs)
+    assert torch.isneginf(out[:, 0]).all()
+    assert torch.allclose(out[:, 1:], ref[:, 1:], atol=1e-5)
+
+
+def test_onnx_fp32_graph_gives_model_scores(fp32, seqs, tmp_path):
+    needs_ort()
+    from sasrec_nb.int8 import OnnxSASRec
+
+    path = export_onnx(fp32, tmp_path / "fp32.onnx")
+    out = OnnxSASRec(path, threads=1).scores(seqs)
+    assert torch.allclose(out[:, 1:], fp32.scores(seqs)[:, 1:], atol=1e-4)
+    assert onnx_integer_matmuls(path) == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_saved_size_is_under_three_tenths_of_fp32(backend, tmp_path):
+    if backend == "onnx":
+        needs_ort()
+    torch.manual_seed(0)
+    model = SASRec(10_000, 64, 2, 2, 50).eval()
+    int8 = to_int8(quantized(model, "lsq"), backend, tmp_path / "model.onnx", threads=1)
+    ratio = saved_bytes(int8) / saved_bytes(model)
+    print(f"{backend}: {saved_bytes(int8):,} / {saved_bytes(model):,} bytes = {ratio:.3f}")
+    assert ratio <= 0.3
+
+
+@pytest.mark.parametrize("method, bits, message", [
+    ("apot", {}, "shift-add"),
+    ("lsq", {"weight_bits": 4}, "int8 only"),
+    ("ste", {"act_bits": 6}, "int8 only"),
+])
+def test_refuses_what_int8_kernels_cannot_run(fp32, method, bits, message):
+    qmodel = quantize_model(fp32, method, **{"weight_bits": 8, "act_bits": 8, **bits})
+    with pytest.raises(ValueError, match=message):
+        to_int8(qmodel)
+
+
+def test_refuses_an_uncalibrated_model(fp32):
+    with pytest.raises(ValueError, match="calibrate"):
+        to_int8(quantize_model(fp32, "lsq"))
