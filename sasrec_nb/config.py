@@ -50,7 +50,7 @@ class Profile:
     # QAT fine-tuning from the FP32 checkpoint (always with a cosine decay of the learning rate)
     qat_epochs: int = 4
     qat_lr: float = 5e-5
-    quant_lr: float = 1e-3     # relative step of quantizer parameters per Adam update (see quant.param_groups)
+    quant_lr: float = 1e-2     # relative step of quantizer parameters per Adam update (see quant.param_groups)
     weight_bits: int = 8
     act_bits: int = 8
     embed_bits: int = 8

@@ -102,3 +102,11 @@ def check_percent_of_fp32(percent_of_fp32: Callable) -> None:
     assert abs(float(percent_of_fp32(0.18, 0.2)) - 90.0) < 1e-9, "0.18 of 0.2 is 90 %"
     assert abs(float(percent_of_fp32(0.2, 0.2)) - 100.0) < 1e-9
     _passed("percent_of_fp32")
+
+
+def check_to_uint8(to_uint8: Callable) -> None:
+    """Signed activations as uint8 codes with zero point 128 (notebook 10)."""
+    got = torch.as_tensor(to_uint8(torch.tensor([0.0, 0.1, -0.1, 100.0, -100.0]), 0.1))
+    assert got.dtype == torch.uint8, f"codes must be uint8, got {got.dtype}"
+    assert got.tolist() == [128, 129, 127, 255, 0], f"got {got.tolist()}"
+    _passed("to_uint8")

@@ -129,21 +129,20 @@ def staircase(x: torch.Tensor, x_hat: torch.Tensor, grad: torch.Tensor, title: s
     return fig
 
 
-def grid_histogram(before: torch.Tensor, after: torch.Tensor, levels: torch.Tensor, title: str,
-                   max_lines: int = 64):
-    """Histograms of a weight row before and after QAT with the grid's levels as vertical lines."""
+def grid_histogram(before: torch.Tensor, after: torch.Tensor, levels_after: torch.Tensor, title: str,
+                   levels_before: torch.Tensor | None = None, max_lines: int = 64):
+    """Histograms of a weight row before and after QAT, each with its grid's levels as red lines."""
     fig, axes = _fig(10, 3.4, 2)
-    lv = levels.flatten().detach().cpu().numpy()
-    if len(lv) > max_lines:  # a fine grid: draw every k-th level and say so
-        k = int(np.ceil(len(lv) / max_lines))
-        lv, note = lv[::k], f" (every {k}th of {len(levels.flatten())} levels)"
-    else:
-        note = f" ({len(lv)} levels)"
-    for ax, w, name in zip(axes, (before, after), ("before QAT (FP32)", "after QAT")):
-        ax.hist(w.flatten().detach().cpu().numpy(), bins=80, color=PALETTE[0], alpha=0.8)
-        for v in lv:
-            ax.axvline(v, color=PALETTE[3], lw=0.6, alpha=0.6)
-        ax.set(xlabel="weight value", ylabel="count", title=f"{name}{note if ax is axes[0] else ''}")
+    for ax, w, levels, name in zip(axes, (before, after), (levels_before if levels_before is not None else levels_after,
+                                                            levels_after), ("before QAT", "after QAT")):
+        lv = levels.flatten().detach().cpu().numpy()
+        step = int(np.ceil(len(lv) / max_lines))
+        ax.grid(False)
+        for v in lv[::step]:
+            ax.axvline(v, color=PALETTE[3], lw=0.8, alpha=0.7)
+        ax.hist(w.flatten().detach().cpu().numpy(), bins=80, color=PALETTE[0], alpha=0.9)
+        shown = f"{len(lv)} levels" + (f", every {step}th drawn" if step > 1 else "")
+        ax.set(xlabel="weight value", ylabel="count", title=f"{name} ({shown})")
     fig.suptitle(title)
     return fig
 

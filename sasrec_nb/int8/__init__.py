@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .check import compare_with_twin, top_k_agreement
 from .lastpos import FP32Scorer, fp32_scorer, last_hidden
 from .onnx_backend import OnnxSASRec, export_onnx, onnx_integer_matmuls
 from .state import APOT_MESSAGE, Grid, model_state, state_bytes
@@ -60,6 +61,7 @@ def saved_bytes(model: nn.Module | Int8SASRec | OnnxSASRec) -> int:
 
 
 __all__ = [
-    "APOT_MESSAGE", "BACKENDS", "FP32Scorer", "Grid", "Int8SASRec", "OnnxSASRec", "export_onnx", "fp32_scorer",
-    "last_hidden", "model_state", "onnx_integer_matmuls", "saved_bytes", "state_bytes", "to_int8",
+    "APOT_MESSAGE", "BACKENDS", "FP32Scorer", "Grid", "Int8SASRec", "OnnxSASRec", "compare_with_twin", "export_onnx",
+    "fp32_scorer", "last_hidden", "model_state", "onnx_integer_matmuls", "saved_bytes", "state_bytes", "to_int8",
+    "top_k_agreement",
 ]
