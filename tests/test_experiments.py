@@ -8,7 +8,6 @@ import torch
 from sasrec_nb import config, experiments, report
 from sasrec_nb.data import synthetic
 
-torch.set_num_threads(1)
 
 SCHEMA = {"run", "method", "weight_bits", "act_bits", "dataset", "profile", "test", "n_users", "model_bytes",
           "train_seconds", "seconds_per_epoch", "epochs", "device", "torch", "command"}

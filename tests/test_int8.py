@@ -29,15 +29,6 @@ def quantized(model: SASRec, method: str, **bits) -> SASRec:
     return qmodel.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: fastest at these tiny shapes, and not slowed down by a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def fp32() -> SASRec:
     torch.manual_seed(0)

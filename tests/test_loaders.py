@@ -14,13 +14,6 @@ from sasrec_nb.loaders import (calibration_sequences, leave_one_out, left_pad, t
 MAX_LEN = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny tensors here run far faster on one thread than on cores shared with other work."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

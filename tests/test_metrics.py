@@ -11,13 +11,6 @@ from sasrec_nb import metrics as M
 NEG = float("-inf")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny tensors here run far faster on one thread than on cores shared with other work."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_ndcg_and_hit_for_known_ranks():

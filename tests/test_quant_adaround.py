@@ -9,13 +9,6 @@ ATOL = 1e-5
 W_OVER_S = [0.3, 1.75, -0.6, 2.0, -1.49]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny tensors here run far faster on one thread than on cores shared with other work."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def close(a: torch.Tensor, b, atol: float = ATOL) -> bool:

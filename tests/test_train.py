@@ -15,13 +15,6 @@ from sasrec_nb.loaders import leave_one_out
 from sasrec_nb.model import SASRec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny tensors here run far faster on one thread than on cores shared with other work."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 PROFILE = get_profile("quick", embed_dim=32, num_heads=2, num_blocks=1, max_len=20, epochs=15, eval_every=5,

@@ -37,6 +37,15 @@ def unsigned_range(bits: int) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
+def narrow_range(bits: int, signed: bool) -> tuple[int, int]:
+    """Symmetric signed codes −(2^(b−1) − 1) … 2^(b−1) − 1 (an exact zero, equal reach both sides),
+    or the unsigned range: the grids of the clipping methods (PACT, DoReFa activations)."""
+    if signed:
+        n = 2 ** (bits - 1) - 1
+        return -n, n
+    return unsigned_range(bits)
+
+
 def reduce_except(x: torch.Tensor, axis: int | None, fn: str = "amax") -> torch.Tensor:
     """Reduce |x| (fn in amax/mean) over every dim but ``axis``; a scalar when axis is None."""
     a = x.detach().abs()

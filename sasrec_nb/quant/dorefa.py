@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import EPS, Exported, Quantizer, broadcast, reduce_except, round_ste
+from .core import EPS, Exported, Quantizer, broadcast, narrow_range, reduce_except, round_ste
 
 
 def quantize_k(r: torch.Tensor, bits: int) -> torch.Tensor:
@@ -127,10 +127,7 @@ class DoReFaActQuantizer(Quantizer):
     @property
     def qrange(self) -> tuple[int, int]:
         """Codes: 0 … 2^k − 1 (unsigned), −(2^(k−1) − 1) … 2^(k−1) − 1 (signed, symmetric)."""
-        if self.signed:
-            n = 2 ** (self.bits - 1) - 1
-            return -n, n
-        return 0, 2**self.bits - 1
+        return narrow_range(self.bits, self.signed)
 
     def init_from(self, x: torch.Tensor) -> None:
         if self.fixed_range is not None:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import dorefa
-from .core import EPS, Exported, Quantizer, reduce_except
+from .core import EPS, Exported, Quantizer, narrow_range, reduce_except
 
 
 class PACTFunction(torch.autograd.Function):
@@ -72,10 +72,7 @@ class PACTQuantizer(Quantizer):
     @property
     def qrange(self) -> tuple[int, int]:
         """Codes: 0 … 2^k − 1 (unsigned), −(2^(k−1) − 1) … 2^(k−1) − 1 (signed, symmetric)."""
-        if self.signed:
-            n = 2 ** (self.bits - 1) - 1
-            return -n, n
-        return 0, 2**self.bits - 1
+        return narrow_range(self.bits, self.signed)
 
     def init_from(self, x: torch.Tensor) -> None:
         if self.alpha_init is not None:
