@@ -1,0 +1,83 @@
+"""Cost of one fake-quant training step against an FP32 step, per method (issue: QAT step ≤ 2× FP32).
+
+    python scripts/bench_qat_step.py [--profile quick] [--threads 2] [--out results/bench/qat_step.json]
+
+Times forward + backward + Adam step on real training batches of the profile's data (median of
+``--repeat`` steps after warm-up), for FP32 and every QAT method at W8A8, and writes JSON with the
+machine, threads and command. Random initial weights suffice: the cost does not depend on them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sasrec_nb.config import get_profile  # noqa: E402
+from sasrec_nb.experiments import load_split, new_model  # noqa: E402
+from sasrec_nb.int8.bench import cpu_model  # noqa: E402
+from sasrec_nb.loaders import calibration_sequences, train_loader  # noqa: E402
+from sasrec_nb.quant import calibrate_activations, param_groups, quantize_model  # noqa: E402
+from sasrec_nb.train import sequence_loss  # noqa: E402
+
+METHODS = ("ste", "lsq", "pact", "dorefa", "apot")  # AdaRound has no training step (it is PTQ)
+
+
+def step_ms(model: torch.nn.Module, batches: list, groups: list[dict] | None, repeat: int) -> float:
+    optimizer = torch.optim.Adam(groups or model.parameters(), lr=1e-5)
+    model.train()
+    times = []
+    for i in range(repeat + 3):
+        inputs, targets = batches[i % len(batches)]
+        t0 = time.perf_counter()
+        loss = sequence_loss(model, inputs, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i >= 3:
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--out", default=str(ROOT / "results" / "bench" / "qat_step.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    profile = get_profile(args.profile)
+    split = load_split(profile)
+    batches = list(train_loader(split, profile.batch_size, profile.seed))[:8]
+    calib = calibration_sequences(split, 256, profile.seed)
+    fp32 = new_model(profile, split)
+    ms = {"fp32": step_ms(fp32, batches, None, args.repeat)}
+    for method in METHODS:
+        q = quantize_model(fp32, method, 8, 8, 8, calibration=calib.split(128))
+        ms[method] = step_ms(q, batches, param_groups(q, 1e-5, 0.0, 1e-3), args.repeat)
+        print(method, f"{ms[method]:.1f} ms = {ms[method] / ms['fp32']:.2f} × FP32", flush=True)
+    out = {
+        "what": "median milliseconds of one training step (forward, backward, Adam), W8A8 fake quantization",
+        "profile": profile.name, "dataset": profile.dataset, "batch_size": profile.batch_size,
+        "ms": {k: round(v, 2) for k, v in ms.items()},
+        "ratio_vs_fp32": {k: round(v / ms["fp32"], 3) for k, v in ms.items()},
+        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "threads": args.threads,
+                    "torch": torch.__version__},
+        "command": "python scripts/bench_qat_step.py " + " ".join(argv),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
