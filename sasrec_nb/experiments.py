@@ -209,9 +209,9 @@ def paired_table(models: dict[str, nn.Module], baseline: nn.Module, split: Split
 
 
 def planned_runs(methods: list[str], bits: list[int], act_bits: int) -> list[tuple[str, int | None, int | None]]:
-    """FP32 first (every run starts from it), then each method at each weight bit width."""
+    """FP32 first (every run starts from it), then every method at the first bit width, then the next."""
     runs: list[tuple[str, int | None, int | None]] = [("fp32", None, None)]
-    runs += [(m, b, act_bits) for m in methods for b in bits if m != "fp32"]
+    runs += [(m, b, act_bits) for b in bits for m in methods if m != "fp32"]
     return runs
 
 
