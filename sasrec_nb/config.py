@@ -41,6 +41,7 @@ class Profile:
     batch_size: int
     epochs: int
     patience: int = 5          # evaluations without a better validation NDCG@10 before stopping
+    min_delta: float = 0.0     # "better" means by more than this (full ranking NDCG@10)
     eval_every: int = 1        # epochs between validations
     weight_decay: float = 0.0
     lr_schedule: str = "constant"  # or "cosine": decay to 0 over the run
@@ -77,7 +78,7 @@ PROFILES: dict[str, Profile] = {
                      lr_schedule="cosine"),
     "full": Profile(name="full", dataset="ml-1m-sasrec-trunc2", embed_dim=50, num_heads=1, num_blocks=2,
                     max_len=200, dropout=0.2, lr=1e-3, batch_size=128, epochs=200, patience=3, eval_every=2,
-                    qat_epochs=6, qat_lr=1e-4, adaround_iters=2000, adaround_lr=3e-3,
+                    min_delta=5e-4, qat_epochs=6, qat_lr=1e-4, adaround_iters=2000, adaround_lr=3e-3,
                     progress=True),
 }
 

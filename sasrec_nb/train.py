@@ -157,11 +157,14 @@ def fit(
             valid = evaluate(model, split.valid, profile.eval_batch_size)
             row.update(valid_loss=valid["loss"], **{k: v for k, v in valid["full"].items()},
                        sampled100_ndcg10=valid["sampled100"]["ndcg@10"])
-            if valid["full"]["ndcg@10"] > best:
+            if valid["full"]["ndcg@10"] > best + profile.min_delta:
                 best, bad, history["best_epoch"] = valid["full"]["ndcg@10"], 0, epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 bad += 1
+            if progress:
+                tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.4f} · valid NDCG@10 {row['ndcg@10']:.4f} "
+                           f"(full), {row['sampled100_ndcg10']:.4f} (sampled100)")
         history["epochs"].append(row)
         if on_epoch is not None:
             on_epoch(epoch, model)
