@@ -74,7 +74,8 @@ def parse_ml20m(path: Path) -> list[Interaction]:
         for lineno, line in enumerate(f, 2):
             p = line.strip().split(",")
             if len(p) != 4 or not (p[0].isdigit() and p[1].isdigit() and p[3].isdigit()):
-                raise DataError(f"{path}, line {lineno}: expected userId,movieId,rating,timestamp, got {line.strip()[:80]!r}")
+                raise DataError(f"{path}, line {lineno}: expected userId,movieId,rating,timestamp, "
+                                f"got {line.strip()[:80]!r}")
             out.append((p[0], p[1], int(p[3])))
     return out
 

@@ -156,7 +156,8 @@ class SASRec(nn.Module):
         """Item embedding scaled by sqrt(d) plus the learned position of each step from the end."""
         length = seqs.shape[1]
         if length > self.max_len:
-            raise ValueError(f"sequence length {length} exceeds max_len={self.max_len}; keep the last {self.max_len} items")
+            raise ValueError(f"sequence length {length} exceeds max_len={self.max_len}; "
+                             f"keep the last {self.max_len} items")
         positions = torch.arange(self.max_len - length, self.max_len, device=seqs.device)
         x = self.item_emb(seqs) * math.sqrt(self.embed_dim) + self.pos_emb(positions)
         keep = (seqs != PAD).unsqueeze(-1).to(x.dtype)

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import seaborn as sns
 import torch
 
@@ -190,10 +191,8 @@ def levels_compare(level_sets: Mapping[str, torch.Tensor], title: str):
     return fig
 
 
-def quality_table(results: Mapping[str, Mapping], fp32: Mapping) -> "pd.DataFrame":
+def quality_table(results: Mapping[str, Mapping], fp32: Mapping) -> pd.DataFrame:
     """NDCG@10 / Hit@10 under both protocols and the share of FP32's NDCG@10 kept."""
-    import pandas as pd
-
     rows = {}
     for name, r in {"FP32": fp32, **results}.items():
         rows[name] = {

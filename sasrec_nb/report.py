@@ -20,9 +20,11 @@ def load_results(profile: Profile, folder: Path | None = None) -> pd.DataFrame:
         if "test" not in r:
             continue
         row = {
-            "run": r["run"], "method": r["method"], "weight_bits": r["weight_bits"] or 32, "act_bits": r["act_bits"] or 32,
+            "run": r["run"], "method": r["method"],
+            "weight_bits": r["weight_bits"] or 32, "act_bits": r["act_bits"] or 32,
             "full NDCG@10": r["test"]["full"]["ndcg@10"], "full Hit@10": r["test"]["full"]["hit@10"],
-            "sampled100 NDCG@10": r["test"]["sampled100"]["ndcg@10"], "sampled100 Hit@10": r["test"]["sampled100"]["hit@10"],
+            "sampled100 NDCG@10": r["test"]["sampled100"]["ndcg@10"],
+            "sampled100 Hit@10": r["test"]["sampled100"]["hit@10"],
             "model MB": r["model_bytes"] / 1e6, "train s": r["train_seconds"], "s/epoch": r["seconds_per_epoch"],
             "epochs": r["epochs"], "n_users": r["n_users"],
         }

@@ -135,7 +135,8 @@ def fit(
     seed_everything(profile.seed)
     loader = train_loader(split, profile.batch_size, profile.seed, profile.train_windows)
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    optimizer = torch.optim.Adam(groups, lr=profile.lr if lr is None else lr, betas=(0.9, 0.98), weight_decay=profile.weight_decay)
+    optimizer = torch.optim.Adam(groups, lr=profile.lr if lr is None else lr, betas=(0.9, 0.98),
+                                 weight_decay=profile.weight_decay)
     scheduler = lr_schedule(optimizer, schedule or profile.lr_schedule, epochs * len(loader))
     gen = torch.Generator().manual_seed(profile.seed)
     history: dict = {"epochs": [], "best_epoch": None, "stopped_early": False}
@@ -192,7 +193,8 @@ def read_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise RuntimeError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e}); delete it to rebuild") from e
+        raise RuntimeError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e}); "
+                           "delete it to rebuild") from e
 
 
 def load_into(model: nn.Module, state: dict, source: str = "checkpoint") -> nn.Module:

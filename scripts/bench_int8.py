@@ -32,7 +32,8 @@ FULL_GRID = dict(shapes=("quick", "full"), items=(3416, 100_000, 1_000_000), bat
 QUICK_GRID = dict(shapes=("quick",), items=(3416, 100_000), batches=(1, 32), repeat=7)
 
 
-def bench_catalogue(shape: str, num_items: int, batches: tuple[int, ...], threads: int, repeat: int) -> tuple[list, dict]:
+def bench_catalogue(shape: str, num_items: int, batches: tuple[int, ...], threads: int,
+                    repeat: int) -> tuple[list, dict]:
     """Every path, part and batch for one model shape and catalogue size; also the saved sizes."""
     dims = SHAPES[shape]
     model, qmodel = synthetic_models(num_items, **dims)

@@ -25,7 +25,7 @@ from sasrec_nb.config import get_profile  # noqa: E402
 from sasrec_nb.experiments import load_split, new_model  # noqa: E402
 from sasrec_nb.int8.bench import cpu_model  # noqa: E402
 from sasrec_nb.loaders import calibration_sequences, train_loader  # noqa: E402
-from sasrec_nb.quant import calibrate_activations, param_groups, quantize_model  # noqa: E402
+from sasrec_nb.quant import param_groups, quantize_model  # noqa: E402
 from sasrec_nb.train import sequence_loss  # noqa: E402
 
 METHODS = ("ste", "lsq", "pact", "dorefa", "apot")  # AdaRound has no training step (it is PTQ)

@@ -55,7 +55,8 @@ def main(argv: list[str]) -> int:
         test = evaluate(m, split.test, profile.eval_batch_size)
         clock["eval"] += time.perf_counter() - t0
         row = {"epoch": epoch, "train_seconds": round(clock["train"], 1),
-               "full_ndcg@10": round(test["full"]["ndcg@10"], 4), "sampled100_ndcg@10": round(test["sampled100"]["ndcg@10"], 4)}
+               "full_ndcg@10": round(test["full"]["ndcg@10"], 4),
+               "sampled100_ndcg@10": round(test["sampled100"]["ndcg@10"], 4)}
         log.append(row)
         print(row, flush=True)
         if all(test[p]["ndcg@10"] >= v for p, v in REFERENCE.items()):

@@ -41,7 +41,9 @@ def clean(nb: nbformat.NotebookNode) -> None:
 def execute(path: Path, timeout: int = 600) -> float:
     nb = nbformat.read(path, as_version=4)
     started = time.perf_counter()
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute()
     seconds = time.perf_counter() - started
     clean(nb)
     nbformat.write(nb, path)

@@ -23,7 +23,8 @@ def test_fake_quant():
     good = lambda x, s, b: torch.clamp(torch.round(x / s), -(2 ** (b - 1)), 2 ** (b - 1) - 1) * s  # noqa: E731
     exercises.check_fake_quant(good)
     with pytest.raises(AssertionError):
-        exercises.check_fake_quant(lambda x, s, b: torch.clamp(torch.floor(x / s), -(2 ** (b - 1)), 2 ** (b - 1) - 1) * s)
+        exercises.check_fake_quant(
+            lambda x, s, b: torch.clamp(torch.floor(x / s), -(2 ** (b - 1)), 2 ** (b - 1) - 1) * s)
 
 
 def test_lsq_step_grad():

@@ -1,7 +1,6 @@
 """The run cache: checkpoints, histories and results JSON (DESIGN §6), on a tiny SASRec-format file."""
 import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -155,7 +155,8 @@ class SASRecGraph:
         x = self.point(self.op("Mul", x, keep), "embed_out")
         steps = self.op("Range", self.const(0, np.int64), self.op("Squeeze", length), self.const(1, np.int64))
         rows, cols = self.op("Unsqueeze", steps, self.ints(1)), self.op("Unsqueeze", steps, self.ints(0))
-        causal_keys = self.op("And", self.op("GreaterOrEqual", rows, cols), self.op("Unsqueeze", keep_b, self.ints(1, 2)))
+        causal = self.op("GreaterOrEqual", rows, cols)
+        causal_keys = self.op("And", causal, self.op("Unsqueeze", keep_b, self.ints(1, 2)))
         allowed = self.op("Or", causal_keys, self.op("Equal", rows, cols))  # attention_mask: [B, 1, L, L]
         mask = self.op("Where", allowed, self.const(0.0), self.const(-np.inf))
         n = self.cfg["num_blocks"]

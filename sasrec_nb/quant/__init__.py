@@ -1,5 +1,6 @@
 """Fake quantization for QAT: the shared core, one module per method, and the model swap."""
-from .apply import METHODS, calibrate_activations, capture_inputs, make_quantizer, param_groups, quantize_model, quantizers
+from .apply import (METHODS, calibrate_activations, capture_inputs, make_quantizer, param_groups, quantize_model,
+                    quantizers)
 from .core import Exported, QuantEmbedding, QuantLinear, Quantizer, UniformQuantizer, grad_scale, round_ste
 
 __all__ = [
