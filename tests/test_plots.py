@@ -1,0 +1,50 @@
+"""Every figure function draws on small inputs and returns a figure of its fixed size."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from sasrec_nb import plots  # noqa: E402
+from sasrec_nb.data import synthetic  # noqa: E402
+from sasrec_nb.loaders import leave_one_out  # noqa: E402
+from sasrec_nb.model import attention_mask  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_data_figures():
+    data = synthetic(num_users=40, num_items=120, mean_len=15, seed=0)
+    split = leave_one_out(data, 10, num_negatives=20)
+    for fig in (plots.sequence_lengths(data, 10), plots.item_popularity(data), plots.user_split(split, 3)):
+        assert fig.get_figwidth() in (7.0, 10.0)
+
+
+def test_model_and_training_figures():
+    seqs = torch.tensor([[0, 0, 3, 5, 7]])
+    assert plots.attention_mask(attention_mask(seqs)[0, 0], seqs[0].tolist()).get_figwidth() == 4.6
+    history = {"epochs": [{"epoch": 1, "train_loss": 2.0, "valid_loss": 2.1, "ndcg@10": 0.1, "hit@10": 0.2},
+                          {"epoch": 2, "train_loss": 1.5}], "best_epoch": 1}
+    plots.training_curves(history)
+    plots.attention_weights(torch.rand(2, 5, 5), list(range(5)), ["a", "b"])
+    result = {"full": {"ndcg@10": 0.1}, "sampled100": {"ndcg@10": 0.4}}
+    plots.metric_bars({"x": result, "y": result})
+
+
+def test_quantization_figures():
+    x = torch.linspace(-1, 1, 11)
+    plots.staircase(x, x.round(), torch.ones(11), "t")
+    plots.grid_histogram(torch.randn(64), torch.randn(64), torch.linspace(-1, 1, 256), "t",
+                         levels_before=torch.linspace(-2, 2, 16))
+    plots.scale_trajectories({"a.weight_quantizer": [1.0, 1.1], "b.input_quantizer": [2.0, 1.5]}, "t")
+    plots.clipped_fractions({"a": 0.01, "b": 0.0}, "t")
+    plots.levels_compare({"u": torch.linspace(0, 1, 4), "p": torch.tensor([0, 0.25, 0.5, 1.0])}, "t")
+    r = {"full": {"ndcg@10": 0.1, "hit@10": 0.2}, "sampled100": {"ndcg@10": 0.4, "hit@10": 0.6}}
+    table = plots.quality_table({"q": r}, r)
+    assert table.loc["q", "% of FP32 (full NDCG@10)"] == 100.0
