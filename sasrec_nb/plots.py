@@ -201,3 +201,41 @@ def quality_table(results: Mapping[str, Mapping], fp32: Mapping) -> pd.DataFrame
             "% of FP32 (full NDCG@10)": 100 * r["full"]["ndcg@10"] / fp32["full"]["ndcg@10"],
         }
     return pd.DataFrame(rows).T.round(4)
+
+
+# -- comparison and deployment (notebooks 09-10, README) -----------------------------------------------
+def quality_vs_bits(results: pd.DataFrame, title: str = "quality against weight bit width"):
+    """NDCG@10 of every method against its weight bit width, both protocols, FP32 as a dashed line."""
+    fig, axes = _fig(10, 3.8, 2)
+    for ax, protocol in zip(axes, ("full", "sampled100")):
+        column = f"{protocol} NDCG@10"
+        for method, rows in results[results["method"] != "fp32"].groupby("method", sort=False):
+            rows = rows.sort_values("weight_bits")
+            ax.plot(rows["weight_bits"], rows[column], "o-", label=method)
+        if "fp32" in results.index:
+            ax.axhline(results.loc["fp32", column], color="k", ls="--", lw=1, label="FP32")
+        bits = sorted(b for b in results["weight_bits"].unique() if b < 32)
+        ax.set(xlabel="weight bits (activations 8 bits)", ylabel="NDCG@10", title=protocol, xticks=bits)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def int8_speedup(bench: Mapping, shape: str = "quick"):
+    """INT8 speed-up over FP32 PyTorch eager against catalogue size: head and whole model, per batch size."""
+    rows = [r for r in bench["results"] if r["shape"] == shape]
+    fig, axes = _fig(10, 3.8, 2)
+    for ax, part in zip(axes, ("head", "model")):
+        for backend, style in (("int8_onnx", "-"), ("int8_torch", "--")):
+            for batch, color in zip(sorted({r["batch"] for r in rows}), PALETTE):
+                pts = sorted((r["num_items"], r["speedup_vs_fp32_eager"][backend]) for r in rows
+                             if r["part"] == part and r["batch"] == batch and backend in r["speedup_vs_fp32_eager"])
+                if pts:
+                    ax.plot(*zip(*pts), style, marker="o", color=color,
+                            label=f"{backend.replace('int8_', '')}, batch {batch}")
+        ax.axhline(1, color="k", lw=1, ls=":")
+        ax.set(xscale="log", xlabel="items in the catalogue", ylabel="speed-up vs FP32 eager",
+               title="scoring head" if part == "head" else "whole model")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"INT8 speed-up on {bench['machine'].get('threads')} CPU threads ({shape}-profile shape)")
+    return fig
