@@ -126,12 +126,14 @@ def test_dorefa_one_bit_weights():
     assert q.scale.item() == pytest.approx(e)
 
 
-def test_dorefa_rescale_follows_latent_weights():
+def test_dorefa_rescale_is_the_least_squares_scale_of_the_latent_weights():
     q = make_quantizer("dorefa", "weight", 2)
     w = torch.tensor([-0.05, 0.01, 0.02, 0.04])
-    assert close(q(w), [-0.05, 0.05 / 3, 0.05 / 3, 0.05])
+    unit = [-1, 1 / 3, 1 / 3, 1]  # the paper's w_q for these weights, worked out by hand
+    c = (0.05 + 0.01 / 3 + 0.02 / 3 + 0.04) / (1 + 1 / 9 + 1 / 9 + 1)  # = 0.045
+    assert close(q(w), [c * u for u in unit])
     q(w * 2)
-    assert q.scale.item() == pytest.approx(0.1)
+    assert q.scale.item() == pytest.approx(2 * c)
 
 
 def test_dorefa_per_channel_weights():
@@ -139,12 +141,13 @@ def test_dorefa_per_channel_weights():
     q = make_quantizer("dorefa", "weight", 2, axis=0, channels=2)
     q.init_from(w)
     y = q(w)
-    assert close(q.scale, [1.0, 0.05])
+    # row 0: w_q = [-1, -1/3, 1/3, 1/3] (1.5 rounds to 2, half to even); row 1: [1, -1/3, 1/3, 1]
+    assert close(q.scale, [(1 + 0.2 / 3 + 0.1) / (1 + 3 / 9), (0.09 + 0.01) / (2 + 2 / 9)])
     assert q.levels().shape == (2, 4)
     for row in range(2):  # each row is the per-tensor quantizer applied to that row alone
         alone = make_quantizer("dorefa", "weight", 2)
         assert torch.allclose(y[row], alone(w[row]), atol=1e-6)
-    assert close(y[1], [0.05, -0.05 / 3, 0.05 / 3, 0.05])
+    assert close(y[1], [0.045 * u for u in (1, -1 / 3, 1 / 3, 1)])
     per_tensor = make_quantizer("dorefa", "weight", 2)
     assert not torch.allclose(per_tensor(w)[1], y[1], atol=1e-3)
 
