@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sasrec_nb.quant import make_quantizer
-from sasrec_nb.quant.apot import apot_levels
+from sasrec_nb.quant.apot import MidpointBins, apot_levels
 
 
 def ready(q, alpha):
@@ -136,3 +136,19 @@ def test_gradients_are_finite_with_a_zero_row():
     q = make_quantizer("apot", "weight", 4, axis=0, channels=3)
     (q(w) * torch.randn(3, 8)).sum().backward()
     assert torch.isfinite(w.grad).all() and torch.isfinite(q.alpha.grad).all()
+
+
+@pytest.mark.parametrize("B", range(2, 9))
+def test_midpoint_bins_count_like_bucketize(B):
+    lv = apot_levels(B)
+    mids = (lv[1:] + lv[:-1]) / 2
+    ties = torch.cat([mids, lv, torch.nextafter(mids, torch.ones(1)), torch.nextafter(mids, torch.zeros(1))])
+    a = torch.cat([torch.rand(50_000, generator=torch.Generator().manual_seed(B)), ties, torch.tensor([0.0, 1.0])])
+    assert torch.equal(MidpointBins(mids).count_below(a), torch.bucketize(a, mids))
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_nearest_is_the_table_entry_of_the_exported_code(signed):
+    q = ready(make_quantizer("apot", "act", 8, signed=signed), 2.0)
+    u = torch.linspace(-1.0 if signed else 0.0, 1.0, 10_001)
+    assert torch.equal(q.nearest(u), q.table[q.project(u)])
