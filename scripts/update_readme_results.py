@@ -1,12 +1,13 @@
-"""Regenerate the README's results table from the committed results JSON.
+"""Regenerate the README's results section from the committed results and benchmark JSON.
 
     python scripts/update_readme_results.py
 
-The table sits between the markers ``<!-- results:start -->`` and ``<!-- results:end -->``;
-tests/test_readme_results.py checks that it matches the JSON files.
+The tables sit between the markers ``<!-- results:start -->`` and ``<!-- results:end -->``;
+tests/test_readme_results.py checks that they match the JSON files.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -29,7 +30,50 @@ def render() -> str:
         parts.append(f"**{name} profile** — {dataset_label(profile.dataset)}, test split, {n_users:,} users "
                      f"(`results/{Path(str(report.results_dir(profile))).relative_to(ROOT / 'results')}/`):\n")
         parts.append(report.markdown_table(df) + "\n")
-    return "\n".join(parts)
+    return "\n".join(parts + bench_sections(ROOT / "results" / "bench"))
+
+
+def bench_sections(folder: Path) -> list[str]:
+    """The QAT step cost, FP32 time-to-quality and INT8 speed benchmarks, each with its command."""
+    parts = []
+    steps = {p: json.loads((folder / f"qat_step_{p}.json").read_text())
+             for p in ("quick", "full") if (folder / f"qat_step_{p}.json").exists()}
+    if steps:
+        methods = list(next(iter(steps.values()))["ratio_vs_fp32"])[1:]
+        parts.append("**Cost of a fake-quant training step** (W8A8, forward + backward + Adam, median ms; "
+                     + "; ".join(f"`{d['command']}`" for d in steps.values()) + "):\n")
+        parts.append("| profile | FP32 ms | " + " | ".join(methods) + " |\n|" + "---|" * (len(methods) + 2))
+        for name, d in steps.items():
+            parts.append(f"| {name} | {d['ms']['fp32']:.0f} | "
+                         + " | ".join(f"{d['ratio_vs_fp32'][m]:.2f}×" for m in methods) + " |")
+        parts.append("")
+    ttq = folder / "time_to_quality.json"
+    if ttq.exists():
+        d = json.loads(ttq.read_text())
+        goal = " and ".join(f"{k} NDCG@10 ≥ {v}" for k, v in d["reference"].items())
+        reached = (f"reached at epoch {d['reached']['epoch']} after {d['reached']['train_seconds'] / 60:.1f} min of "
+                   f"training" if d["reached"] else f"not reached in {len(d['epochs'])} epochs")
+        parts.append(f"**FP32 time to quality** ({d['profile']} profile, {d['dataset']}, {d['machine']['threads']} "
+                     f"threads, `{d['command'].strip()}`): the reference port's 200-epoch quality ({goal}, test) "
+                     f"{reached}.\n")
+    speed = folder / "int8_speed.json"
+    if speed.exists():
+        d = json.loads(speed.read_text())
+        m = d["machine"]
+        parts.append(f"**Real INT8 speed** (`{m['command']}`; {m['cpu']}, {m['threads']} threads, torch {m['torch']}, "
+                     f"onnxruntime {m['onnxruntime']}; {d['timed']}). Speed-up = FP32 PyTorch eager time / INT8 time; "
+                     "the last column is onnxruntime INT8 against onnxruntime FP32:\n")
+        parts.append("| shape | part | items | batch | FP32 eager ms | INT8 PyTorch | INT8 onnxruntime | ORT INT8 / ORT FP32 |"
+                     "\n|---|---|---|---|---|---|---|---|")
+        for r in d["results"]:
+            x = r["speedup_vs_fp32_eager"]
+            parts.append(f"| {r['shape']} (d {r['embed_dim']}, L {r['max_len']}) | {r['part']} | {r['num_items']:,} | "
+                         f"{r['batch']} | {r['ms']['fp32_eager']:.2f} | {x['int8_torch']:.2f}× | {x['int8_onnx']:.2f}× | "
+                         f"{r['int8_onnx_vs_fp32_onnx']:.2f}× |")
+        sizes = ", ".join(f"{s['shape']} {s['num_items']:,} items {s['int8_torch_vs_fp32']:.2f}×"
+                          for s in d["sizes"])
+        parts.append(f"\nSaved INT8 model size against FP32 (PyTorch back end): {sizes}.\n")
+    return parts
 
 
 def updated(readme: str, table: str) -> str:
