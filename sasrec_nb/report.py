@@ -32,7 +32,8 @@ def load_results(profile: Profile, folder: Path | None = None) -> pd.DataFrame:
         if vs:
             d = vs["diff_ndcg@10"]
             row.update({"% of FP32": 100 * vs["ratio"], "Δ NDCG@10": d["mean"],
-                        "95% CI": f"[{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}]"})
+                        "95% CI": f"[{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}]",
+                        "CI low": d["ci95_low"], "CI high": d["ci95_high"]})
         rows.append(row)
     if not rows:
         return pd.DataFrame()
