@@ -85,19 +85,19 @@ def new_model(profile: Profile, split: Split) -> SASRec:
 
 
 def fp32_model(profile: Profile, force: bool = False) -> tuple[SASRec, dict]:
-    """The FP32 SASRec of the profile: loaded from its checkpoint, or trained (and saved) first."""
+    """The FP32 SASRec of the profile (in eval mode): loaded from its checkpoint, or trained (and saved) first."""
     split = load_split(profile)
     path = checkpoint_dir(profile) / "fp32.pt"
     model = new_model(profile, split)
     if path.exists() and not force:
         ckpt = read_checkpoint(path)
         load_into(model, ckpt["state_dict"], str(path))
-        return model, ckpt["meta"].get("history", {})
+        return model.eval(), ckpt["meta"].get("history", {})
     history = fit(model, split, profile)
     save_checkpoint(path, model, {"profile": profile.to_dict(), "history": history})
     write_json(path.with_suffix(".json"), history)
     write_json(results_dir(profile) / "fp32.json", record(profile, "fp32", "fp32", None, None, model, split, history))
-    return model, history
+    return model.eval(), history
 
 
 class QuantizerTrace:
@@ -135,7 +135,7 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
               force: bool = False, epochs: int | None = None) -> tuple[nn.Module, dict]:
     """A QAT model fine-tuned from the FP32 checkpoint, cached like the FP32 one.
 
-    Returns the model and its history (with ``quantizer_scales`` per epoch). AdaRound is not QAT:
+    Returns the model, in eval mode, and its history (with ``quantizer_scales`` per epoch). AdaRound is not QAT:
     use :func:`adaround_model`.
     """
     wb, ab = weight_bits or profile.weight_bits, act_bits or profile.act_bits
@@ -150,7 +150,7 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
         for q in quantizers(qmodel).values():
             q.initialized.fill_(True)
         load_into(qmodel, ckpt["state_dict"], str(path))
-        return qmodel, ckpt["meta"].get("history", {})
+        return qmodel.eval(), ckpt["meta"].get("history", {})
     calibrate_activations(qmodel, calib.split(256))
     trace = QuantizerTrace(qmodel, calib[:128])
     groups = param_groups(qmodel, profile.qat_lr, profile.weight_decay, profile.quant_lr)
@@ -162,12 +162,12 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
     write_json(path.with_suffix(".json"), history)
     write_json(results_dir(profile) / f"{name}.json",
                record(profile, name, method, wb, ab, qmodel, split, history, baseline=fp32))
-    return qmodel, history
+    return qmodel.eval(), history
 
 
 def adaround_model(profile: Profile, weight_bits: int | None = None, act_bits: int | None = None,
                    force: bool = False) -> tuple[nn.Module, dict]:
-    """AdaRound post-training quantization of the FP32 checkpoint (no labels, no task loss)."""
+    """AdaRound post-training quantization of the FP32 checkpoint (no labels, no task loss), in eval mode."""
     from .quant import adaround
 
     wb, ab = weight_bits or profile.weight_bits, act_bits or profile.act_bits
@@ -179,7 +179,7 @@ def adaround_model(profile: Profile, weight_bits: int | None = None, act_bits: i
     if path.exists() and not force:
         ckpt = read_checkpoint(path)
         qmodel = adaround.from_state(fp32, ckpt["state_dict"], wb, ab, profile.embed_bits)
-        return qmodel, ckpt["meta"].get("report", {})
+        return qmodel.eval(), ckpt["meta"].get("report", {})
     started = time.perf_counter()
     qmodel, report = adaround.calibrate(fp32, calib, weight_bits=wb, act_bits=ab, embed_bits=profile.embed_bits,
                                         iters=profile.adaround_iters, lr=profile.adaround_lr, seed=profile.seed,
@@ -189,7 +189,7 @@ def adaround_model(profile: Profile, weight_bits: int | None = None, act_bits: i
     save_checkpoint(path, qmodel, {"profile": profile.to_dict(), "report": report})
     write_json(results_dir(profile) / f"{name}.json",
                record(profile, name, "adaround", wb, ab, qmodel, split, history, baseline=fp32))
-    return qmodel, report
+    return qmodel.eval(), report
 
 
 def paired_table(models: dict[str, nn.Module], baseline: nn.Module, split: Split, batch_size: int = 512):

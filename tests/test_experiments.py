@@ -41,7 +41,8 @@ def test_fp32_and_qat_runs_write_and_reuse_their_files(home):
     again, history2 = experiments.fp32_model(profile)  # loaded, not retrained
     assert history2 == json.loads((ckpt / "fp32.json").read_text()) or history2["epochs"] == history["epochs"]
     seqs = experiments.load_split(profile).test.inputs[:8]
-    assert torch.equal(model.eval().scores(seqs), again.eval().scores(seqs))
+    assert not model.training and not again.training  # ready to score: no dropout
+    assert torch.equal(model.scores(seqs), again.scores(seqs))
 
     qmodel, qhistory = experiments.qat_model(profile, "lsq", 4, 8)
     q = json.loads((home / "results" / "toy" / "quick" / "lsq_w4a8.json").read_text())
@@ -52,7 +53,8 @@ def test_fp32_and_qat_runs_write_and_reuse_their_files(home):
     assert set(qhistory["quantizer_scales"]) == set(qhistory["quantizer_stats"])
     assert all(len(v) == 2 for v in qhistory["quantizer_scales"].values())  # after calibration + 1 epoch
     reloaded, _ = experiments.qat_model(profile, "lsq", 4, 8)
-    assert torch.allclose(qmodel.eval().scores(seqs), reloaded.eval().scores(seqs))
+    assert not qmodel.training and not reloaded.training
+    assert torch.allclose(qmodel.scores(seqs), reloaded.scores(seqs))
 
     table = report.load_results(profile, home / "results" / "toy" / "quick")
     assert list(table.index) == ["fp32", "lsq_w4a8"]
@@ -65,7 +67,8 @@ def test_adaround_run_reloads_identically(home):
     assert "layers" in rep and (home / "results" / "toy" / "quick" / "adaround_w4a8.json").exists()
     reloaded, _ = experiments.adaround_model(profile, 4, 8)
     seqs = experiments.load_split(profile).test.inputs[:8]
-    assert torch.equal(qmodel.eval().scores(seqs), reloaded.eval().scores(seqs))
+    assert not qmodel.training and not reloaded.training
+    assert torch.equal(qmodel.scores(seqs), reloaded.scores(seqs))
 
 
 def test_cli_trains_then_skips_existing_results(home, capsys):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sasrec_nb.int8 import (BACKENDS, export_onnx, fp32_scorer, onnx_integer_matmuls, saved_bytes, to_int8)
+from sasrec_nb.int8 import check
 from sasrec_nb.int8.bench import random_seqs
 from sasrec_nb.int8.torch_backend import SMALL_BATCH
 from sasrec_nb.model import SASRec
@@ -121,3 +122,11 @@ def test_refuses_what_int8_kernels_cannot_run(fp32, method, bits, message):
 def test_refuses_an_uncalibrated_model(fp32):
     with pytest.raises(ValueError, match="calibrate"):
         to_int8(quantize_model(fp32, "lsq"))
+
+
+def test_top_k_agreement_is_taken_in_eval_mode():
+    torch.manual_seed(0)
+    model = SASRec(40, embed_dim=16, num_heads=2, num_blocks=1, max_len=8, dropout=0.5).train()
+    seqs = torch.randint(1, 41, (64, 8))
+    assert check.top_k_agreement(model, model, seqs) == 1.0
+    assert model.training

@@ -10,13 +10,18 @@ from ..train import evaluate
 
 @torch.no_grad()
 def top_k_agreement(a, b, seqs: torch.Tensor, k: int = 10, batch_size: int = 512) -> float:
-    """Share of rows whose top-k *sets* of items are identical under models ``a`` and ``b``."""
+    """Share of rows whose top-k *sets* of items are identical under models ``a`` and ``b`` (in eval mode)."""
+    modes = [(m, m.training) for m in (a, b) if isinstance(m, torch.nn.Module)]
+    for m, _ in modes:
+        m.eval()
     same = 0
     for start in range(0, len(seqs), batch_size):
         s = seqs[start:start + batch_size]
         ta = a.scores(s).topk(k, dim=1).indices.sort(dim=1).values
         tb = b.scores(s).topk(k, dim=1).indices.sort(dim=1).values
         same += int((ta == tb).all(dim=1).sum())
+    for m, training in modes:
+        m.train(training)
     return same / len(seqs)
 
 
