@@ -130,3 +130,16 @@ def test_top_k_agreement_is_taken_in_eval_mode():
     seqs = torch.randint(1, 41, (64, 8))
     assert check.top_k_agreement(model, model, seqs) == 1.0
     assert model.training
+
+
+def test_integer_kernels_round_like_the_fake_quant_model():
+    """Half-steps (x/s = k + ½ up to float error) round as torch.round(x / s) does in the fake-quant twin."""
+    from sasrec_nb.int8.state import Grid
+    from sasrec_nb.int8.torch_backend import QDQ, Int8Linear
+
+    s, grid = 0.1, Grid(scale=0.1, lo=-128, hi=127)
+    x = (torch.arange(-100, 100) + 0.5) * s
+    expected = torch.clamp(torch.round(x / s), -128, 127) * s
+    assert torch.equal(QDQ(grid)(x), expected)
+    identity = Int8Linear(torch.eye(200, dtype=torch.int8), torch.ones(200), None, None, grid)
+    assert torch.allclose(identity(x[None])[0], expected, atol=1e-6, rtol=0)
