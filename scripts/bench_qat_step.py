@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from sasrec_nb.config import get_profile  # noqa: E402
 from sasrec_nb.experiments import load_split, new_model  # noqa: E402
-from sasrec_nb.int8.bench import cpu_model  # noqa: E402
+from sasrec_nb.int8.bench import machine_info  # noqa: E402
 from sasrec_nb.loaders import calibration_sequences, train_loader  # noqa: E402
 from sasrec_nb.quant import param_groups, quantize_model  # noqa: E402
 from sasrec_nb.train import sequence_loss  # noqa: E402
@@ -70,8 +69,7 @@ def main(argv: list[str]) -> int:
         "profile": profile.name, "dataset": profile.dataset, "batch_size": profile.batch_size,
         "ms": {k: round(v, 2) for k, v in ms.items()},
         "ratio_vs_fp32": {k: round(v / ms["fp32"], 3) for k, v in ms.items()},
-        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "threads": args.threads,
-                    "torch": torch.__version__},
+        "machine": machine_info(args.threads),
         "command": "python scripts/bench_qat_step.py " + " ".join(argv),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from sasrec_nb.config import get_profile  # noqa: E402
 from sasrec_nb.experiments import dataset_label, load_split, new_model  # noqa: E402
-from sasrec_nb.int8.bench import cpu_model  # noqa: E402
+from sasrec_nb.int8.bench import machine_info  # noqa: E402
 from sasrec_nb.train import evaluate, fit  # noqa: E402
 
 REFERENCE = {"sampled100": 0.619, "full": 0.134}
@@ -72,8 +71,7 @@ def main(argv: list[str]) -> int:
         "what": "seconds of FP32 training until the test metrics first reach the reference port's 200-epoch quality",
         "reference": REFERENCE, "reached": reached, "epochs": log,
         "dataset": dataset_label(profile.dataset), "profile": profile.name,
-        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "threads": args.threads,
-                    "torch": torch.__version__},
+        "machine": machine_info(args.threads),
         "command": "python scripts/bench_time_to_quality.py " + " ".join(argv),
         "note": "the training clock excludes the per-epoch test evaluation, which only serves this measurement",
     }
