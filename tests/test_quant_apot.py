@@ -144,7 +144,9 @@ def test_midpoint_bins_count_like_bucketize(B):
     mids = (lv[1:] + lv[:-1]) / 2
     ties = torch.cat([mids, lv, torch.nextafter(mids, torch.ones(1)), torch.nextafter(mids, torch.zeros(1))])
     a = torch.cat([torch.rand(50_000, generator=torch.Generator().manual_seed(B)), ties, torch.tensor([0.0, 1.0])])
-    assert torch.equal(MidpointBins(mids).count_below(a), torch.bucketize(a, mids))
+    bins = MidpointBins(lv)
+    assert torch.equal(bins.count_below(a), torch.bucketize(a, mids))
+    assert torch.equal(bins.nearest(a), lv[torch.bucketize(a, mids)])
 
 
 @pytest.mark.parametrize("signed", [True, False])
