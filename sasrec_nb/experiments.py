@@ -232,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--act-bits", type=int, default=8)
     parser.add_argument("--profile", choices=list(PROFILES), default=None, help="default: $SASREC_NB_PROFILE or quick")
     parser.add_argument("--dataset", default=None, help="a registered dataset or a SASRec text file")
-    parser.add_argument("--force", action="store_true", help="retrain runs whose results exist")
+    parser.add_argument("--force", action="store_true",
+                        help="retrain runs whose results exist (FP32 only with --all or --method fp32: every "
+                             "other run starts from it)")
     args = parser.parse_args(argv)
     if args.dataset:
         os.environ["SASREC_NB_DATASET"] = args.dataset
@@ -244,15 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     for method, wb, ab in runs:
         name = run_name(method, wb or 0, ab or 0)
         result = results_dir(profile) / f"{name}.json"
-        if result.exists() and not args.force:
+        force = args.force and (method != "fp32" or args.all or args.method == "fp32")
+        if result.exists() and not force:
             print(f"  {name}: results exist ({result.relative_to(results_dir(profile).parents[2])}); --force to redo")
             continue
         started = time.perf_counter()
         if method == "fp32":
-            fp32_model(profile, force=args.force)
+            fp32_model(profile, force=force)
         elif method == "adaround":
-            adaround_model(profile, wb, ab, force=args.force)
+            adaround_model(profile, wb, ab, force=force)
         else:
-            qat_model(profile, method, wb, ab, force=args.force)
+            qat_model(profile, method, wb, ab, force=force)
         print(f"  {name}: done in {time.perf_counter() - started:.0f} s -> {result.name}", flush=True)
     return 0

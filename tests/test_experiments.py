@@ -78,6 +78,17 @@ def test_cli_trains_then_skips_existing_results(home, capsys):
     assert "results exist" in capsys.readouterr().out
 
 
+def test_cli_force_redoes_the_runs_named_not_their_fp32_base(home, monkeypatch, capsys):
+    experiments.fp32_model(tiny_profile())
+    calls = []
+    monkeypatch.setattr(experiments, "fp32_model", lambda profile, force=False: calls.append(("fp32", force)))
+    monkeypatch.setattr(experiments, "qat_model", lambda profile, m, wb, ab, force=False: calls.append((m, force)))
+    assert experiments.main(["--method", "lsq", "--bits", "4", "--force"]) == 0
+    assert calls == [("lsq", True)] and "fp32: results exist" in capsys.readouterr().out
+    assert experiments.main(["--method", "fp32", "--force"]) == 0
+    assert calls[-1] == ("fp32", True)
+
+
 def test_planned_runs_start_with_fp32():
     runs = experiments.planned_runs(["lsq", "pact"], [8, 4], 8)
     assert runs[0] == ("fp32", None, None) and len(runs) == 5 and ("pact", 4, 8) in runs

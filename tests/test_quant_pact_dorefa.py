@@ -176,6 +176,52 @@ def test_16_bit_weights_close_to_float_only_with_rescale(method):
     assert raw(w).abs().amax().item() == pytest.approx(1.0)  # the scale mismatch
 
 
+@pytest.mark.parametrize("bits", [4, 8, 16])
+def test_dorefa_latent_start_maps_back_to_the_trained_weights(bits):
+    """tanh squeezes a row's large weights; the latent start undoes it (up to rounding)."""
+    w = torch.randn(5, 50, generator=torch.Generator().manual_seed(1)) * torch.tensor([0.02, 0.1, 0.3, 0.6, 1.0])[:, None]
+    q = make_quantizer("dorefa", "weight", bits, axis=0, channels=5)
+    v = q.latent_from(w)
+    half_step = w.abs().amax(1, keepdim=True) / (2**bits - 1)
+    assert ((q(v) - w).abs() <= 1.25 * half_step).all()  # the least-squares c moves the grid a little
+    assert ((q(w) - w).abs() > 1.25 * half_step).any()  # without it the trained weights move by more
+    assert torch.equal(v.sign(), w.sign()) and (v.abs().argmax(1) == w.abs().argmax(1)).all()
+
+
+def test_dorefa_latent_start_is_the_identity_when_off_without_rescale_or_at_one_bit():
+    w = torch.randn(4, 8)
+    assert torch.equal(make_quantizer("dorefa", "weight", 8, dorefa_latent_start=False).latent_from(w), w)
+    assert torch.equal(make_quantizer("dorefa", "weight", 8, dorefa_rescale=False).latent_from(w), w)
+    assert torch.equal(make_quantizer("dorefa", "weight", 1).latent_from(w), w)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_dorefa_unrounded_weights_round_to_the_forward(bits):
+    w = torch.randn(3, 40, generator=torch.Generator().manual_seed(2)) * 0.3
+    q = make_quantizer("dorefa", "weight", bits, axis=0, channels=3)
+    half_step = q.magnitude_of(w)[:, None] / (2**bits - 1)
+    assert ((q(w) - q.unrounded(w)).abs() <= half_step * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("method", ["dorefa", "pact", "lsq"])
+def test_quantize_model_starts_at_the_fp32_weights(method):
+    torch.manual_seed(0)
+    model = SASRec(30, 16, 2, 1, 8)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)  # rows reaching ~1: where the tanh transform bends
+    qmodel = quantize_model(model, method, 8, 8)
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            qm = qmodel.get_submodule(name)
+            if method == "lsq":  # a grid on the weights themselves: nothing to invert
+                assert torch.equal(qm.weight, m.weight)
+                continue
+            assert not torch.equal(qm.weight, m.weight)
+            start = qm.weight_quantizer(qm.weight).detach()
+            assert ((start - m.weight).abs() <= 1.25 * m.weight.abs().amax(1, keepdim=True) / 255).all()
+
+
 # -- DoReFa activations ----------------------------------------------------------------------------
 def test_dorefa_activation_reference_case():
     q = make_quantizer("dorefa", "act", 2, signed=False, dorefa_act_range=1.0)

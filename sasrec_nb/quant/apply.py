@@ -54,7 +54,9 @@ def quantize_model(
 
     ``embed_bits`` sets the item and position tables (kept at 8 bits by default: the item table is both
     the first and the last layer). ``calibration`` (batches of item-id sequences) initialises the
-    activation grids; without it they initialise on the first batch they see.
+    activation grids; without it they initialise on the first batch they see. Each weight becomes its
+    quantizer's :meth:`~sasrec_nb.quant.core.Quantizer.latent_from` (the weight itself except under DoReFa's
+    transform), so that QAT starts from the trained model up to rounding.
     """
     module = method_module(method)
     qmodel = copy.deepcopy(model)
@@ -64,13 +66,11 @@ def quantize_model(
             if isinstance(sub, nn.Linear) and not isinstance(sub, QuantLinear):
                 wq = module.weight_quantizer(weight_bits, axis=0, channels=sub.out_features, **options)
                 aq = module.act_quantizer(act_bits, signed=not full.endswith(POST_RELU), **options)
-                wq.init_from(sub.weight.detach())
-                wq.initialized.fill_(True)
+                start_from(sub.weight, wq)
                 setattr(child, attr, QuantLinear(sub, wq, aq))
             elif isinstance(sub, nn.Embedding) and not isinstance(sub, QuantEmbedding):
                 wq = module.weight_quantizer(embed_bits, axis=0, channels=sub.num_embeddings, **options)
-                wq.init_from(sub.weight.detach())
-                wq.initialized.fill_(True)
+                start_from(sub.weight, wq)
                 setattr(child, attr, QuantEmbedding(sub, wq))
             elif isinstance(sub, nn.Identity) and attr in ACT_POINTS:
                 setattr(child, attr, module.act_quantizer(act_bits, signed=True, **options))
@@ -81,6 +81,14 @@ def quantize_model(
     if calibration is not None:
         calibrate_activations(qmodel, calibration)
     return qmodel
+
+
+@torch.no_grad()
+def start_from(weight: nn.Parameter, quantizer: Quantizer) -> None:
+    """Replace the trained weight by the latent weight the quantizer maps to it, and fit the grid to it."""
+    weight.copy_(quantizer.latent_from(weight.detach()))
+    quantizer.init_from(weight.detach())
+    quantizer.initialized.fill_(True)
 
 
 def quantizers(model: nn.Module, role: str | None = None) -> dict[str, Quantizer]:

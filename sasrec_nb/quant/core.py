@@ -132,6 +132,12 @@ class Quantizer(nn.Module):
         """Set the grid from a tensor (weights, or a calibration sample of activations)."""
         raise NotImplementedError
 
+    def latent_from(self, w: torch.Tensor) -> torch.Tensor:
+        """The latent weight this quantizer maps to ``w`` (before rounding), so that QAT from a trained
+        model starts at its weights: ``w`` itself, except where a method reparameterises its weights
+        (DoReFa's tanh transform)."""
+        return w
+
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """The method's fake-quant forward (with its backward rule)."""
         raise NotImplementedError
