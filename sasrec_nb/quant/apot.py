@@ -53,7 +53,7 @@ import math
 import torch
 from torch import nn
 
-from .core import EPS, Exported, Quantizer, broadcast, reduce_except
+from .core import EPS, Exported, Quantizer, broadcast, other_dims, reduce_except
 
 #: the official uneven splits: exponents e of each term's non-zero options 2^−e (every term also has 0)
 ODD_TERMS = {3: ((1, 2, 4), (3,)), 5: ((1, 3, 6), (2, 4, 7), (5,))}
@@ -145,7 +145,7 @@ class APoTQuantizer(Quantizer):
 
     def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable μ and σ per channel (per tensor when axis is None), shaped to broadcast on x."""
-        dims = [d for d in range(x.dim()) if d != self.axis]
+        dims = other_dims(x, self.axis)
         mu, sigma = x.mean(dims, keepdim=True), x.std(dims, keepdim=True).clamp_min(EPS)
         self.mean.copy_(mu.detach().reshape(self.mean.shape))
         self.std.copy_(sigma.detach().reshape(self.std.shape))

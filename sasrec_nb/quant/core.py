@@ -46,13 +46,17 @@ def narrow_range(bits: int, signed: bool) -> tuple[int, int]:
     return unsigned_range(bits)
 
 
+def other_dims(x: torch.Tensor, axis: int | None) -> list[int]:
+    """Every dim of x but ``axis`` (all of them when axis is None): what a per-channel statistic reduces."""
+    return [d for d in range(x.dim()) if d != axis]
+
+
 def reduce_except(x: torch.Tensor, axis: int | None, fn: str = "amax") -> torch.Tensor:
     """Reduce |x| (fn in amax/mean) over every dim but ``axis``; a scalar when axis is None."""
     a = x.detach().abs()
     if axis is None:
         return getattr(a, fn)()
-    dims = [d for d in range(x.dim()) if d != axis]
-    return getattr(a, fn)(dim=dims)
+    return getattr(a, fn)(dim=other_dims(x, axis))
 
 
 def broadcast(v: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import EPS, Exported, Quantizer, broadcast, narrow_range, reduce_except, round_ste
+from .core import EPS, Exported, Quantizer, broadcast, narrow_range, other_dims, reduce_except, round_ste
 
 
 def quantize_k(r: torch.Tensor, bits: int) -> torch.Tensor:
@@ -83,7 +83,7 @@ class DoReFaWeightQuantizer(Quantizer):
             return torch.ones(self.param_shape(), device=w.device)
         with torch.no_grad():
             unit = 2 * quantize_k(self.normalise(w), self.bits) - 1
-            dims = [d for d in range(w.dim()) if d != self.axis] if self.axis is not None else list(range(w.dim()))
+            dims = other_dims(w, self.axis)
             return ((w * unit).sum(dims) / (unit * unit).sum(dims)).clamp_min(EPS)
 
     def init_from(self, x: torch.Tensor) -> None:
@@ -105,7 +105,7 @@ class DoReFaWeightQuantizer(Quantizer):
         w64 = w.double()
         m = amax_keepdim(w64, self.axis).clamp_min(EPS)
         u = w64 / m
-        dims = [d for d in range(w.dim()) if d != self.axis] if self.axis is not None else list(range(w.dim()))
+        dims = other_dims(w, self.axis)
         target = m * (u * u).sum(dims, keepdim=True)
         lo, hi = torch.zeros_like(m), torch.full_like(m, 1 - 1e-12)
         for _ in range(iters):
