@@ -73,6 +73,36 @@ def test_integer_model_matches_fake_quant_twin(twin, backend, seqs, tmp_path):
         assert onnx_integer_matmuls(model.path) == 6 * BLOCKS + 1  # every Linear and the head
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_offset_grid_tables_are_looked_up_exactly_as_the_twin(fp32, backend):
+    """DoReFa's table has no zero level: the lookup must give the twin's c·(2j/255 − 1) bit for bit (s·q + o
+    differs by a float ulp, which moves the embedding output across rounding half-steps)."""
+    twin = quantized(fp32, "dorefa")
+    with torch.no_grad():
+        table = twin.item_emb.weight_quantizer(twin.item_emb.weight)
+    ids = torch.arange(NUM_ITEMS + 1)
+    if backend == "torch":
+        looked_up = to_int8(twin, "torch").body.item_emb(ids)
+    else:
+        needs_ort()
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        from sasrec_nb.int8.onnx_graph import OPSET, SASRecGraph
+        from sasrec_nb.int8.state import model_state
+
+        g = SASRecGraph(model_state(twin))
+        out = g.lookup("ids", "item_emb")
+        graph = helper.make_graph(g.nodes, "lookup", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+                                  [helper.make_tensor_value_info(out, TensorProto.FLOAT, [None, DIM])],
+                                  list(g.inits.values()))
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        proto.ir_version = 10
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        looked_up = torch.from_numpy(session.run(None, {"ids": ids.numpy()})[0])
+    assert torch.equal(looked_up, table)
+
+
 def test_small_batches_take_the_other_head_kernel_with_the_same_result(fp32, seqs):
     model = to_int8(quantized(fp32, "dorefa"))
     few = seqs[:SMALL_BATCH]

@@ -92,13 +92,17 @@ class SASRecGraph:
         return self.offset_term(self.op("Add", y, self.tensor(f"{name}.bias")), xd, name)
 
     def lookup(self, ids: str, name: str) -> str:
-        """Rows of a table: s_i · q_i (+ o_i) gathered per id, or FP32 rows."""
+        """Rows of a table: s_i · q_i, or levels[q_i + 128] · m_i for an offset grid (as Int8Embedding), gathered
+        per id; or FP32 rows."""
         rows = self.op("Gather", self.tensor(f"{name}.weight"), ids)
         if f"{name}.weight_scale" not in self.t:
             return rows
         per_row = lambda key: self.op("Unsqueeze", self.op("Gather", self.tensor(key), ids), self.ints(-1))
-        rows = self.op("Mul", self.op("Cast", rows, to=TensorProto.FLOAT), per_row(f"{name}.weight_scale"))
-        return self.op("Add", rows, per_row(f"{name}.weight_offset")) if f"{name}.weight_offset" in self.t else rows
+        if f"{name}.weight_levels" not in self.t:
+            return self.op("Mul", self.op("Cast", rows, to=TensorProto.FLOAT), per_row(f"{name}.weight_scale"))
+        index = self.op("Add", self.op("Cast", rows, to=TensorProto.INT64), self.ints(128))
+        unit = self.op("Gather", self.tensor(f"{name}.weight_levels"), index)
+        return self.op("Mul", unit, per_row(f"{name}.weight_magnitude"))
 
     def layer_norm(self, x: str, name: str) -> str:
         return self.op("LayerNormalization", x, self.tensor(f"{name}.weight"), self.tensor(f"{name}.bias"),

@@ -9,6 +9,8 @@ Every back end is built from this one flat ``dict`` of tensors, named like the m
     <linear>.input_grid       [scale, q_min, q_max] of the learned input quantizer (per tensor)
     <point>.grid              the same for embed_out, blocks.i.attn_out / ffn_out, head_input
     item_emb.weight …         int8 per row, with weight_scale (+ weight_offset); pos_emb likewise
+    <table>.weight_levels     offset grids only: the unit level table [256] and per-row magnitude
+    <table>.weight_magnitude  [rows], so a lookup computes levels[q + 128] · magnitude as the twin does
     <layernorm>.weight/bias   FP32
 
 ``config`` holds the model's constructor arguments. Only uniform grids become integers: the learned
@@ -108,6 +110,9 @@ def _put_weight(state: dict, name: str, module: nn.Module) -> None:
         state[f"{name}.weight"], state[f"{name}.weight_scale"] = codes, scale
         if offset is not None:
             state[f"{name}.weight_offset"] = offset
+            if isinstance(module, QuantEmbedding):  # looked up, not multiplied: keep the twin's own arithmetic
+                state[f"{name}.weight_levels"] = ex.levels.float().cpu()
+                state[f"{name}.weight_magnitude"] = ex.scale.float().cpu()
     else:
         state[f"{name}.weight"] = module.weight.detach().float().cpu().clone()
 

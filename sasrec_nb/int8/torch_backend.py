@@ -141,24 +141,33 @@ class Int8Head(Int8Linear):
 
 
 class Int8Embedding(nn.Module):
-    """Rows of an int8 table, dequantized on lookup: s_i · q_i (+ o_i)."""
+    """Rows of an int8 table, dequantized on lookup: s_i · q_i, or levels[q_i + 128] · m_i for an offset
+    grid (DoReFa: the twin's own c · (2j/255 − 1), bit for bit; s · q + o differs from it by a float ulp,
+    enough to move the embedding output across a rounding half-step)."""
 
-    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None):
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, levels: torch.Tensor | None = None,
+                 magnitude: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("codes", codes)
-        self.register_buffer("scale", scale.float().unsqueeze(-1))
-        self.register_buffer("offset", None if offset is None else offset.unsqueeze(-1))
+        self.register_buffer("scale", (scale if levels is None else magnitude).float().unsqueeze(-1))
+        self.register_buffer("levels", levels)
 
     def dequantized(self) -> torch.Tensor:
         return self.forward(torch.arange(len(self.codes)))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = F.embedding(ids, self.codes).float() * F.embedding(ids, self.scale)
-        return rows if self.offset is None else rows + F.embedding(ids, self.offset)
+        codes = F.embedding(ids, self.codes)
+        unit = codes.float() if self.levels is None else self.levels[codes.long() + 128]
+        return unit * F.embedding(ids, self.scale)
 
 
 def _weights(t: dict, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     return t[f"{name}.weight"], t[f"{name}.weight_scale"], t.get(f"{name}.weight_offset")
+
+
+def _table(t: dict, name: str) -> Int8Embedding:
+    return Int8Embedding(t[f"{name}.weight"], t[f"{name}.weight_scale"], t.get(f"{name}.weight_levels"),
+                         t.get(f"{name}.weight_magnitude"))
 
 
 def _swap(body: SASRec, state: dict) -> None:
@@ -170,9 +179,9 @@ def _swap(body: SASRec, state: dict) -> None:
         if isinstance(m, nn.Linear):
             new: nn.Module = Int8Linear(*_weights(t, name), t.get(f"{name}.bias"), Grid.of(t[f"{name}.input_grid"]))
         elif name == "pos_emb":  # max_len rows: int8 on disk, dequantized once at load
-            new = nn.Embedding.from_pretrained(Int8Embedding(*_weights(t, name)).dequantized())
+            new = nn.Embedding.from_pretrained(_table(t, name).dequantized())
         elif isinstance(m, nn.Embedding):
-            new = Int8Embedding(*_weights(t, name))
+            new = _table(t, name)
         elif isinstance(m, nn.LayerNorm):
             new = nn.LayerNorm(m.normalized_shape, eps=m.eps)
             new.load_state_dict({"weight": t[f"{name}.weight"], "bias": t[f"{name}.bias"]})
