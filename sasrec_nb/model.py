@@ -12,7 +12,10 @@ The block layout follows the paper and its reference PyTorch port (pmixer/SASRec
     r_i = F_t · M_i                                               (eq. 9, shared item table)
 
 Every projection is an explicit ``nn.Linear`` (``q/k/v/out``, ``fc1/fc2``) so that every one of them
-is quantizable, and attention uses ``F.scaled_dot_product_attention``.
+is quantizable. Attention uses ``F.scaled_dot_product_attention``; while training with dropout it is
+computed by hand (:meth:`CausalSelfAttention.probabilities`) so that the attention probabilities get
+the same fast :func:`dropout` as the hidden states (SDPA's own dropout samples a Bernoulli mask
+several times slower on a CPU; tested equal to SDPA without dropout).
 
 The model knows nothing about quantization. It exposes *named quantization points*, ``nn.Identity``
 in FP32, that :func:`sasrec_nb.quant.quantize_model` replaces with quantizers:
@@ -46,6 +49,32 @@ def attention_mask(seqs: torch.Tensor) -> torch.Tensor:
     return (causal & keys) | eye
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout (Srivastava et al. 2014 §10): keep each entry with probability 1 - p, scale by 1/(1 - p).
+
+    The same distribution as ``F.dropout``; the mask is drawn as uniform floats compared with p, which
+    on a CPU is about 2.5x faster than the Bernoulli sampler behind ``F.dropout`` (which took a fifth of
+    a training step).
+    """
+    if not training or p == 0.0:
+        return x
+    return x * torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Module):
+    """:func:`dropout` as a module (a drop-in for ``nn.Dropout``)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head attention with explicit q/k/v/out projections (paper eq. 3-4)."""
 
@@ -66,15 +95,21 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         q, k, v = self.split_heads(self.q(queries)), self.split_heads(self.k(keys)), self.split_heads(self.v(keys))
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        if self.training and self.dropout > 0.0:  # dropout on the attention probabilities, as SDPA's dropout_p
+            y = dropout(self.probabilities(q, k, mask), self.dropout, True) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).flatten(2))
 
-    def weights(self, queries: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Attention probabilities ``[B, heads, L, L]`` (for pictures; not used in training)."""
-        q, k = self.split_heads(self.q(queries)), self.split_heads(self.k(keys))
+    @staticmethod
+    def probabilities(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """softmax(Q Kᵀ / sqrt(d_head)) over the allowed keys (paper eq. 2)."""
         logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
         return logits.masked_fill(~mask, float("-inf")).softmax(-1)
+
+    def weights(self, queries: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Attention probabilities ``[B, heads, L, L]`` (for pictures)."""
+        return self.probabilities(self.split_heads(self.q(queries)), self.split_heads(self.k(keys)), mask)
 
 
 class PointWiseFFN(nn.Module):
@@ -84,7 +119,7 @@ class PointWiseFFN(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(embed_dim, embed_dim)
         self.fc2 = nn.Linear(embed_dim, embed_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.fc2(self.dropout(F.relu(self.fc1(x)))))
@@ -125,7 +160,7 @@ class SASRec(nn.Module):
         self.num_items, self.embed_dim, self.max_len = num_items, embed_dim, max_len
         self.item_emb = nn.Embedding(num_items + 1, embed_dim, padding_idx=PAD)
         self.pos_emb = nn.Embedding(max_len, embed_dim)
-        self.emb_dropout = nn.Dropout(dropout)
+        self.emb_dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, dropout) for _ in range(num_blocks))
         self.last_ln = nn.LayerNorm(embed_dim, eps=1e-8)
         self.embed_out = nn.Identity()

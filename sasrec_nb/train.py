@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from . import metrics
 from .config import Profile
 from .loaders import EvalSet, Split, train_loader
+from .losses import softmax_cross_entropy
 
 
 def seed_everything(seed: int) -> None:
@@ -36,7 +37,7 @@ def sequence_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     labelled = targets > 0
     h, t = hidden[labelled], targets[labelled]
     if loss == "ce":
-        return F.cross_entropy(model.logits(h), t - 1)
+        return softmax_cross_entropy(model.head_input(h), model.item_table()[1:], t - 1)  # = CE of model.logits(h)
     if loss == "bce":
         neg = torch.randint(1, model.num_items + 1, t.shape, generator=generator).to(t.device)
         seen = (neg[:, None] == inputs[labelled.nonzero()[:, 0]]).any(1) | (neg == t)

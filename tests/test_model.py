@@ -5,11 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from sasrec_nb.model import SASRec, attention_mask
+from sasrec_nb.model import SASRec, attention_mask, dropout
 
 N, D, L = 40, 32, 12
-
-
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +168,31 @@ def test_padding_embedding_is_zero_and_heads_must_divide():
     assert m.config == dict(num_items=N, embed_dim=D, num_heads=2, num_blocks=1, max_len=L, dropout=0.2)
     with pytest.raises(ValueError, match="divisible"):
         SASRec(num_items=N, embed_dim=30, num_heads=4, num_blocks=1, max_len=L)
+
+
+def test_dropout_keeps_each_entry_with_probability_one_minus_p_and_rescales():
+    torch.manual_seed(0)
+    x = torch.ones(200_000, requires_grad=True)
+    y = dropout(x, 0.2, training=True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.8) < 0.005
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.8))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient passes through the same mask
+    assert dropout(x, 0.2, training=False) is x and dropout(x, 0.0, training=True) is x
+
+
+def test_attention_trained_with_a_vanishing_dropout_equals_the_sdpa_path(model):
+    """Training computes attention by hand (to drop probabilities); it must match SDPA's."""
+    attn, seqs = model.blocks[0].attn, batch()
+    x = model.embed(seqs)[0]
+    mask = attention_mask(seqs)
+    want = attn(x, x, mask)
+    attn.train()
+    attn.dropout = 1e-12
+    try:
+        got = attn(x, x, mask)
+    finally:
+        attn.eval()
+        attn.dropout = model.config["dropout"]
+    assert torch.allclose(got, want, atol=1e-5)

@@ -154,3 +154,37 @@ def test_nearest_is_the_table_entry_of_the_exported_code(signed):
     q = ready(make_quantizer("apot", "act", 8, signed=signed), 2.0)
     u = torch.linspace(-1.0 if signed else 0.0, 1.0, 10_001)
     assert torch.equal(q.nearest(u), q.table[q.project(u)])
+
+
+@pytest.mark.parametrize("signed,axis", [(True, None), (False, None), (True, 0)])
+def test_fused_forward_and_gradients_equal_the_written_out_straight_through_form(signed, axis):
+    """α · (Π(u).detach() + u − u.detach()), u = clip(x/α): what _APoTRound computes in one node."""
+    torch.manual_seed(3)
+    x = torch.randn(6, 40, dtype=torch.float64) * 2
+    x[0, :4] = torch.tensor([2.5, -2.5, 1.0, -1.0])  # beyond α and exactly at ±α (α = 1 below)
+    q = make_quantizer("apot", "act", 5, signed=signed) if axis is None else \
+        make_quantizer("apot", "weight", 5, axis=0, channels=6, apot_normalize=False)
+    q.double().initialized.fill_(True)
+    q.alpha.data = torch.linspace(1.0, 2.0, q.alpha.numel(), dtype=torch.float64).reshape(q.alpha.shape)
+    xa = x.clone().requires_grad_()
+    got = q(xa)
+    got.backward(torch.linspace(-1, 1, x.numel(), dtype=torch.float64).view_as(x))
+    got_grads = xa.grad.clone(), q.alpha.grad.clone()
+
+    xb, q.alpha.grad = x.clone().requires_grad_(), None
+    alpha = q.alpha.clamp_min(1e-8).view(-1, 1) if axis == 0 else q.alpha.clamp_min(1e-8)
+    u = torch.clamp(xb / alpha, -1.0 if signed else 0.0, 1.0)
+    want = alpha * (q.nearest(u.detach()) + u - u.detach())
+    want.backward(torch.linspace(-1, 1, x.numel(), dtype=torch.float64).view_as(x))
+    assert torch.allclose(got, want, rtol=1e-12, atol=0)  # (Π + u) − u differs from Π by rounding only
+    assert torch.allclose(got_grads[0], xb.grad, rtol=1e-12, atol=0)  # autograd's (g·α)/α vs g
+    assert torch.equal(got_grads[0] != 0, xb.grad != 0)
+    assert torch.allclose(got_grads[1], q.alpha.grad, rtol=1e-12)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_nearest_saturates_outside_the_grid(signed):
+    q = make_quantizer("apot", "act", 4, signed=signed)
+    u = torch.tensor([-7.0, -1.0001, 1.0001, 7.0])
+    want = torch.tensor([-1.0, -1.0, 1.0, 1.0]) if signed else torch.tensor([0.0, 0.0, 1.0, 1.0])
+    assert torch.equal(q.nearest(u), want)

@@ -122,6 +122,35 @@ class MidpointBins(nn.Module):
         return torch.where(above, self.hi.index_select(0, b), self.lo.index_select(0, b)).view(a.shape)
 
 
+class _APoTRound(torch.autograd.Function):
+    """x̂ = α · Π(clip(x/α)) with the straight-through gradients of the module docstring, in one node.
+
+    Written out, ``α · (Π(u).detach() + u − u.detach())`` costs autograd five more passes over the
+    tensor forward and backward; on the quick profile's eighteen activation quantizers that made an
+    APoT training step 2.4× an FP32 one. Here the forward saves u and Π(u) and the backward is
+
+        ∂x̂/∂x = 1[u inside],    ∂x̂/∂α = Π(u) − u · 1[u inside]      (inside: |u| ≤ 1, or 0 ≤ u ≤ 1)
+
+    which is what autograd derives from the written-out form (tested equal).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, quantizer: APoTQuantizer) -> torch.Tensor:
+        u = x / alpha
+        level = quantizer.nearest(u)  # saturates beyond ±1: the clip is inside Π
+        ctx.save_for_backward(u, level, alpha)
+        ctx.signed = quantizer.signed
+        return level * alpha
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        u, level, alpha = ctx.saved_tensors
+        inside = u.abs() <= 1 if ctx.signed else (u >= 0) & (u <= 1)
+        grad_x = torch.where(inside, grad, 0.0)
+        grad_alpha = (grad * torch.where(inside, level - u, level)).sum_to_size(alpha.shape)
+        return grad_x, grad_alpha, None
+
+
 class APoTQuantizer(Quantizer):
     method = "apot"
     supported_bits = (2, 8)
@@ -178,14 +207,20 @@ class APoTQuantizer(Quantizer):
         self.alpha.data.copy_(reduce_except(x, self.axis).clamp_min(EPS))
 
     def nearest(self, u: torch.Tensor) -> torch.Tensor:
-        """Π(u): the nearest level itself, ``table[project(u)]`` without building signed indices."""
-        magnitude = self.bins.nearest(u.abs())
-        return torch.copysign(magnitude, u) if self.signed else magnitude
+        """Π(u): the nearest level itself, ``table[project(u)]`` without building signed indices.
+
+        Saturates: |u| > 1 gives ±1 (the last bin's level) and, unsigned, u < 0 gives 0 (the first bin's).
+        """
+        if not self.signed:
+            return self.bins.nearest(u)
+        return torch.copysign(self.bins.nearest(u.abs()), u)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        u, scale, offset = self.unit(x)
-        q = self.nearest(u.detach()) + (u - u.detach())
-        return q * scale if offset is None else q * scale + offset
+        alpha = broadcast(self.alpha.clamp_min(EPS), x, self.axis)
+        if not self.normalize:
+            return _APoTRound.apply(x, alpha, self)
+        mu, sigma = self.moments(x)
+        return sigma * _APoTRound.apply((x - mu) / sigma, alpha, self) + mu
 
     def levels(self) -> torch.Tensor:
         lv = self.scale.unsqueeze(-1) * self.table
