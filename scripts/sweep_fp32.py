@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -29,8 +30,8 @@ from sasrec_nb.train import evaluate, fit  # noqa: E402
 
 DEFAULT_SETTINGS = [
     ("profile", "{}"),
-    ("lr 3e-3", '{"lr": 3e-3}'),
-    ("all windows", '{"train_windows": "all"}'),
+    ("lr 2e-3", '{"lr": 2e-3}'),
+    ("all windows, lr 2e-3, 12 epochs", '{"train_windows": "all", "lr": 2e-3, "epochs": 12}'),
 ]
 #: the settings each run records as they were resolved (the profile's defaults may change later)
 RESOLVED = ("dataset", "lr", "epochs", "batch_size", "dropout", "train_windows", "lr_schedule", "embed_dim", "max_len")
@@ -41,8 +42,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--setting", nargs=2, action="append", metavar=("NAME", "JSON"),
-                        help="a named set of profile overrides (repeatable; default: the profile, lr 3e-3, "
-                             "every training window)")
+                        help="a named set of profile overrides (repeatable; default: the profile, lr 2e-3, "
+                             "every training window with lr 2e-3 for 12 epochs)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "results" / "sweeps" / "fp32_quick.json"))
     args = parser.parse_args(argv)
@@ -72,7 +73,7 @@ def main(argv: list[str]) -> int:
                for name, rows in means.items()}
     out = {"what": "FP32 test NDCG@10 (full ranking, history excluded; and sampled-100) per training setting and seed",
            "profile": args.profile, "runs": runs, "mean_per_setting": summary,
-           "machine": machine_info(args.threads), "command": "python scripts/sweep_fp32.py " + " ".join(argv)}
+           "machine": machine_info(args.threads), "command": shlex.join(["python", "scripts/sweep_fp32.py", *argv])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
