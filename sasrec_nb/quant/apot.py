@@ -16,8 +16,8 @@ Forward (§2.3), u = clip(x/α, −1, 1) (signed) or clip(x/α, 0, 1) (unsigned)
 
     x̂ = α · sign(u) · Π(|u|),   Π = nearest level, straight-through in the backward pass
 
-so autograd gives RCF's ∂x̂/∂α = sign(x) where |x/α| ≥ 1 and Π(u) − u inside, and ∂x̂/∂x = 1 inside,
-0 outside (the ImageNet code). Π finds the nearest level by counting the midpoints of the sorted levels
+so the straight-through gradients (one autograd node, ``_APoTRound``) are RCF's ∂x̂/∂α = sign(x) where
+|x/α| ≥ 1 and Π(u) − u inside, and ∂x̂/∂x = 1 inside, 0 outside (the ImageNet code). Π finds the nearest level by counting the midpoints of the sorted levels
 below |u| (ties go to the level nearer zero), through :class:`MidpointBins`, a uniform bin table that
 gives the count in O(1) per element; the official argmin over a hash-ordered level list builds an
 N × L matrix and breaks ties by that order.
@@ -125,8 +125,8 @@ class MidpointBins(nn.Module):
 class _APoTRound(torch.autograd.Function):
     """x̂ = α · Π(clip(x/α)) with the straight-through gradients of the module docstring, in one node.
 
-    Written out, ``α · (Π(u).detach() + u − u.detach())`` costs autograd five more passes over the
-    tensor forward and backward; on the quick profile's eighteen activation quantizers that made an
+    Written out, ``α · (Π(u).detach() + u − u.detach())`` costs autograd several more passes over
+    the tensor forward and backward; on the quick profile's eighteen activation quantizers that made an
     APoT training step 2.4× an FP32 one. Here the forward saves u and Π(u) and the backward is
 
         ∂x̂/∂x = 1[u inside],    ∂x̂/∂α = Π(u) − u · 1[u inside]      (inside: |u| ≤ 1, or 0 ≤ u ≤ 1)
