@@ -17,10 +17,10 @@ Forward (§2.3), u = clip(x/α, −1, 1) (signed) or clip(x/α, 0, 1) (unsigned)
     x̂ = α · sign(u) · Π(|u|),   Π = nearest level, straight-through in the backward pass
 
 so the straight-through gradients (one autograd node, ``_APoTRound``) are RCF's ∂x̂/∂α = sign(x) where
-|x/α| ≥ 1 and Π(u) − u inside, and ∂x̂/∂x = 1 inside, 0 outside (the ImageNet code). Π finds the nearest level by counting the midpoints of the sorted levels
-below |u| (ties go to the level nearer zero), through :class:`MidpointBins`, a uniform bin table that
-gives the count in O(1) per element; the official argmin over a hash-ordered level list builds an
-N × L matrix and breaks ties by that order.
+|x/α| ≥ 1 and Π(u) − u inside, and ∂x̂/∂x = 1 inside, 0 outside (the ImageNet code). Π finds the nearest
+level by counting the midpoints of the sorted levels below |u| (ties go to the level nearer zero), through
+:class:`MidpointBins`, a uniform bin table that gives the count in O(1) per element; the official argmin
+over a hash-ordered level list builds an N × L matrix and breaks ties by that order.
 
 Weights are signed: sign + (b−1)-bit magnitude, ±apot_levels(b−1), so 2b−1 levels (15 at 4 bits). A
 2-bit weight is the uniform ternary {−α, 0, α}, as in the official code: not APoT. Weight
