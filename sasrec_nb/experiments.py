@@ -10,12 +10,14 @@ import platform
 import sys
 import time
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import metrics
-from .config import Profile, checkpoint_dir, dataset_slug, device, results_dir
+from .config import (ADAROUND_FIELDS, FP32_FIELDS, QAT_FIELDS, Profile, checkpoint_dir, dataset_slug, device,
+                     project_root, results_dir)
 from .data import REGISTRY, load_dataset
 from .loaders import Split, calibration_sequences, leave_one_out
 from .model import SASRec
@@ -79,6 +81,27 @@ def record(profile: Profile, run: str, method: str, weight_bits: int | None, act
     return out
 
 
+def cached_checkpoint(path: Path, profile: Profile, fields: tuple[str, ...], force: bool) -> dict | None:
+    """The checkpoint at ``path`` (None when absent or ``force``); an error when it was trained with other settings.
+
+    ``fields`` are the profile fields the run depends on; the checkpoint records the profile it was trained with.
+    """
+    if force or not path.exists():
+        return None
+    ckpt = read_checkpoint(path)
+    saved = ckpt["meta"].get("profile", {})
+    now = profile.to_dict()
+    changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" if k in saved else f"{k}: not recorded -> {now[k]!r}"
+               for k in fields if saved.get(k, ...) != now[k]]
+    if changed:
+        where = path.relative_to(project_root()) if path.is_relative_to(project_root()) else path
+        raise ValueError(f"{where} was trained with other settings than the {profile.name!r} profile has now:\n  "
+                         + "\n  ".join(changed)
+                         + f"\n  retrain it (python -m sasrec_nb.train --profile {profile.name} --force ...)"
+                         " or delete it")
+    return ckpt
+
+
 def new_model(profile: Profile, split: Split) -> SASRec:
     seed_everything(profile.seed)
     return SASRec(split.num_items, **profile.model_kwargs()).to(device())
@@ -89,8 +112,8 @@ def fp32_model(profile: Profile, force: bool = False) -> tuple[SASRec, dict]:
     split = load_split(profile)
     path = checkpoint_dir(profile) / "fp32.pt"
     model = new_model(profile, split)
-    if path.exists() and not force:
-        ckpt = read_checkpoint(path)
+    ckpt = cached_checkpoint(path, profile, FP32_FIELDS, force)
+    if ckpt is not None:
         load_into(model, ckpt["state_dict"], str(path))
         return model.eval(), ckpt["meta"].get("history", {})
     history = fit(model, split, profile)
@@ -132,7 +155,7 @@ class QuantizerTrace:
 
 
 def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act_bits: int | None = None,
-              force: bool = False, epochs: int | None = None) -> tuple[nn.Module, dict]:
+              force: bool = False) -> tuple[nn.Module, dict]:
     """A QAT model fine-tuned from the FP32 checkpoint, cached like the FP32 one.
 
     Returns the model, in eval mode, and its history (with ``quantizer_scales`` per epoch). AdaRound is not QAT:
@@ -145,8 +168,8 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
     calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
     qmodel = quantize_model(fp32, method, wb, ab, profile.embed_bits)
     path = checkpoint_dir(profile) / f"{name}.pt"
-    if path.exists() and not force:
-        ckpt = read_checkpoint(path)
+    ckpt = cached_checkpoint(path, profile, QAT_FIELDS, force)
+    if ckpt is not None:
         for q in quantizers(qmodel).values():
             q.initialized.fill_(True)
         load_into(qmodel, ckpt["state_dict"], str(path))
@@ -154,9 +177,9 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
     calibrate_activations(qmodel, calib.split(256))
     trace = QuantizerTrace(qmodel, calib[:128])
     groups = param_groups(qmodel, profile.qat_lr, profile.weight_decay, profile.quant_lr)
-    history = fit(qmodel, split, profile, epochs=epochs or profile.qat_epochs, lr=profile.qat_lr,
+    history = fit(qmodel, split, profile, epochs=profile.qat_epochs, lr=profile.qat_lr,
                   param_groups=groups, eval_every=1, patience=max(2, profile.patience), schedule="cosine",
-                  on_epoch=trace)
+                  windows=profile.qat_windows, on_epoch=trace)
     history["quantizer_scales"], history["quantizer_stats"] = trace.scales, trace.stats
     save_checkpoint(path, qmodel, {"profile": profile.to_dict(), "history": history})
     write_json(path.with_suffix(".json"), history)
@@ -176,8 +199,8 @@ def adaround_model(profile: Profile, weight_bits: int | None = None, act_bits: i
     fp32, _ = fp32_model(profile)
     calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
     path = checkpoint_dir(profile) / f"{name}.pt"
-    if path.exists() and not force:
-        ckpt = read_checkpoint(path)
+    ckpt = cached_checkpoint(path, profile, ADAROUND_FIELDS, force)
+    if ckpt is not None:
         qmodel = adaround.from_state(fp32, ckpt["state_dict"], wb, ab, profile.embed_bits)
         return qmodel.eval(), ckpt["meta"].get("report", {})
     started = time.perf_counter()

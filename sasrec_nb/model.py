@@ -1,15 +1,20 @@
 """SASRec: self-attentive sequential recommendation (Kang & McAuley, ICDM 2018).
 
-The block layout follows the paper and its reference PyTorch port (pmixer/SASRec.pytorch):
+Each block is the paper's residual form g(x) = x + Dropout(g(LayerNorm(x))) (§III-C):
 
     E   = item_emb(s) * sqrt(d) + pos_emb(p)                      (paper eq. 1-2)
-    for each block:
-        Q   = LN_attn(E)                                          queries are normalised,
-        E   = Q + Attn(Q, E, E)                                   keys/values are not (eq. 3-5)
-        Q   = LN_ffn(E)
-        E   = Q + W2 ReLU(W1 Q)                                   (eq. 6, point-wise FFN)
+    for each block (residual="paper", the default):
+        H   = LN_attn(E);   E = E + Attn(H, H, H)                 (eq. 3-5)
+        E   = E + W2 ReLU(W1 LN_ffn(E))                           (eq. 6, point-wise FFN)
     F   = LN_last(E)
     r_i = F_t · M_i                                               (eq. 9, shared item table)
+
+``residual="port"`` is the block of the reference PyTorch port (pmixer/SASRec.pytorch), which departs
+from the paper: the residual adds the *normalised* stream, and keys/values come from the raw one,
+
+        Q   = LN_attn(E);   E = Q + Attn(Q, E, E);   Q = LN_ffn(E);   E = Q + W2 ReLU(W1 Q)
+
+Both have the same parameters; the full profile keeps the port's form, with which its table was trained.
 
 Every projection is an explicit ``nn.Linear`` (``q/k/v/out``, ``fc1/fc2``) so that every one of them
 is quantizable. Attention uses ``F.scaled_dot_product_attention``; while training with dropout it is
@@ -125,9 +130,17 @@ class PointWiseFFN(nn.Module):
         return self.dropout(self.fc2(self.dropout(F.relu(self.fc1(x)))))
 
 
+RESIDUALS = ("paper", "port")
+
+
 class Block(nn.Module):
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float):
+    """Self-attention + point-wise FFN, each with its LayerNorm and residual (see the module docstring)."""
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float, residual: str = "paper"):
         super().__init__()
+        if residual not in RESIDUALS:
+            raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
+        self.residual = residual
         self.ln_attn = nn.LayerNorm(embed_dim, eps=1e-8)
         self.attn = CausalSelfAttention(embed_dim, num_heads, dropout)
         self.ln_ffn = nn.LayerNorm(embed_dim, eps=1e-8)
@@ -135,11 +148,25 @@ class Block(nn.Module):
         self.attn_out = nn.Identity()
         self.ffn_out = nn.Identity()
 
+    def attention_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(residual stream, queries, keys/values) of the attention sub-layer for the block input ``x``."""
+        h = self.ln_attn(x)
+        return (x, h, h) if self.residual == "paper" else (h, h, x)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The FFN sub-layer with its residual: x + FFN(LN(x)) (paper) or LN(x) + FFN(LN(x)) (port)."""
+        h = self.ln_ffn(x)
+        return (x if self.residual == "paper" else h) + self.ffn_out(self.ffn(h))
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        q = self.ln_attn(x)
-        x = q + self.attn_out(self.attn(q, x, mask))
-        q = self.ln_ffn(x)
-        return (q + self.ffn_out(self.ffn(q))) * keep
+        base, queries, keys = self.attention_inputs(x)
+        x = base + self.attn_out(self.attn(queries, keys, mask))
+        return self.feed_forward(x) * keep
+
+    def attention_weights(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Attention probabilities ``[B, heads, L, L]`` of this block for its input ``x`` (for pictures)."""
+        _, queries, keys = self.attention_inputs(x)
+        return self.attn.weights(queries, keys, mask)
 
 
 class SASRec(nn.Module):
@@ -153,15 +180,16 @@ class SASRec(nn.Module):
         num_blocks: int = 2,
         max_len: int = 50,
         dropout: float = 0.2,
+        residual: str = "paper",
     ):
         super().__init__()
         self.config = dict(num_items=num_items, embed_dim=embed_dim, num_heads=num_heads,
-                           num_blocks=num_blocks, max_len=max_len, dropout=dropout)
+                           num_blocks=num_blocks, max_len=max_len, dropout=dropout, residual=residual)
         self.num_items, self.embed_dim, self.max_len = num_items, embed_dim, max_len
         self.item_emb = nn.Embedding(num_items + 1, embed_dim, padding_idx=PAD)
         self.pos_emb = nn.Embedding(max_len, embed_dim)
         self.emb_dropout = Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, dropout) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, dropout, residual) for _ in range(num_blocks))
         self.last_ln = nn.LayerNorm(embed_dim, eps=1e-8)
         self.embed_out = nn.Identity()
         self.head_input = nn.Identity()

@@ -119,14 +119,15 @@ def fit(
     eval_every: int | None = None,
     progress: bool | None = None,
     schedule: str | None = None,
+    windows: str | None = None,
     on_epoch=None,
 ) -> dict:
     """Train ``model`` on ``split.train``; returns the history and leaves the best weights loaded.
 
     ``param_groups`` (e.g. from :func:`sasrec_nb.quant.param_groups`) replace the single group, so QAT
-    can give quantizer parameters their own learning rate; ``schedule`` overrides the profile's
-    (QAT fine-tunes with a cosine decay). ``on_epoch(epoch, model)`` is called after every epoch
-    (QAT notebooks record scales there).
+    can give quantizer parameters their own learning rate; ``schedule`` and ``windows`` override the
+    profile's (QAT fine-tunes with a cosine decay, on ``profile.qat_windows``). ``on_epoch(epoch, model)``
+    is called after every epoch (QAT notebooks record scales there).
     """
     epochs = profile.epochs if epochs is None else epochs
     patience = profile.patience if patience is None else patience
@@ -134,7 +135,7 @@ def fit(
     progress = profile.progress if progress is None else progress
     dev = next(model.parameters()).device
     seed_everything(profile.seed)
-    loader = train_loader(split, profile.batch_size, profile.seed, profile.train_windows)
+    loader = train_loader(split, profile.batch_size, profile.seed, windows or profile.train_windows)
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     optimizer = torch.optim.Adam(groups, lr=profile.lr if lr is None else lr, betas=(0.9, 0.98),
                                  weight_decay=profile.weight_decay)

@@ -30,11 +30,12 @@ from sasrec_nb.train import evaluate, fit  # noqa: E402
 
 DEFAULT_SETTINGS = [
     ("profile", "{}"),
-    ("lr 2e-3", '{"lr": 2e-3}'),
-    ("all windows, lr 2e-3, 12 epochs", '{"train_windows": "all", "lr": 2e-3, "epochs": 12}'),
+    ("port residual", '{"residual": "port"}'),
+    ("last windows, lr 1e-3, 20 epochs", '{"train_windows": "last", "lr": 1e-3, "epochs": 20}'),
 ]
 #: the settings each run records as they were resolved (the profile's defaults may change later)
-RESOLVED = ("dataset", "lr", "epochs", "batch_size", "dropout", "train_windows", "lr_schedule", "embed_dim", "max_len")
+RESOLVED = ("dataset", "lr", "epochs", "batch_size", "dropout", "train_windows", "lr_schedule", "embed_dim", "max_len",
+            "residual")
 
 
 def main(argv: list[str]) -> int:
@@ -42,8 +43,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--setting", nargs=2, action="append", metavar=("NAME", "JSON"),
-                        help="a named set of profile overrides (repeatable; default: the profile, lr 2e-3, "
-                             "every training window with lr 2e-3 for 12 epochs)")
+                        help="a named set of profile overrides (repeatable; default: the profile, the port's "
+                             "residual, the last window only with lr 1e-3 for 20 epochs)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "results" / "sweeps" / "fp32_quick.json"))
     args = parser.parse_args(argv)

@@ -1,5 +1,6 @@
 """The run cache: checkpoints, histories and results JSON (DESIGN §6), on a tiny SASRec-format file."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -93,3 +94,15 @@ def test_planned_runs_start_with_fp32():
     runs = experiments.planned_runs(["lsq", "pact"], [8, 4], 8)
     assert runs[0] == ("fp32", None, None) and len(runs) == 5 and ("pact", 4, 8) in runs
     assert experiments.run_name("lsq", 4, 8) == "lsq_w4a8" and experiments.run_name("fp32", 0, 0) == "fp32"
+
+
+def test_a_checkpoint_trained_with_other_settings_is_refused_not_reused(home):
+    experiments.fp32_model(tiny_profile())
+    changed = replace(tiny_profile(), lr=5e-3, residual="port")
+    with pytest.raises(ValueError, match=r"checkpoints/toy/quick/fp32\.pt was trained with other settings(.|\n)*"
+                                         r"residual: 'paper' -> 'port'\n  lr: 0\.003 -> 0\.005(.|\n)*--force"):
+        experiments.fp32_model(changed)
+    qat_only = replace(tiny_profile(), qat_lr=1e-3)
+    experiments.fp32_model(qat_only)  # a QAT setting does not make the FP32 run stale
+    retrained, _ = experiments.fp32_model(changed, force=True)
+    assert retrained.config["residual"] == "port"

@@ -12,7 +12,7 @@ from sasrec_nb.int8 import (BACKENDS, export_onnx, fp32_scorer, onnx_integer_mat
 from sasrec_nb.int8 import check
 from sasrec_nb.int8.bench import random_seqs
 from sasrec_nb.int8.torch_backend import SMALL_BATCH
-from sasrec_nb.model import SASRec
+from sasrec_nb.model import RESIDUALS, SASRec
 from sasrec_nb.quant import calibrate_activations, quantize_model
 
 UNIFORM = ("ste", "lsq", "pact", "dorefa", "adaround")
@@ -54,6 +54,15 @@ def top10_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_integer_model_matches_fake_quant_twin(twin, backend, seqs, tmp_path):
+    assert_matches_twin(twin, backend, seqs, tmp_path)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_integer_model_of_the_port_block_matches_its_twin(backend, seqs, tmp_path):
+    assert_matches_twin(quantized(with_residual("port"), "lsq"), backend, seqs, tmp_path)
+
+
+def assert_matches_twin(twin: SASRec, backend: str, seqs: torch.Tensor, tmp_path) -> None:
     if backend == "onnx":
         needs_ort()
     model = to_int8(twin, backend, tmp_path / "model.onnx", threads=1)
@@ -109,17 +118,26 @@ def test_small_batches_take_the_other_head_kernel_with_the_same_result(fp32, seq
     assert torch.allclose(model.scores(few)[:, 1:], model.scores(seqs)[:SMALL_BATCH, 1:], atol=1e-5)
 
 
-def test_lastpos_path_gives_model_scores(fp32, seqs):
+def with_residual(residual: str) -> SASRec:
+    torch.manual_seed(0)
+    return SASRec(NUM_ITEMS, DIM, HEADS, BLOCKS, MAX_LEN, residual=residual).eval()
+
+
+@pytest.mark.parametrize("residual", RESIDUALS)
+def test_lastpos_path_gives_model_scores(residual, seqs):
+    fp32 = with_residual(residual)
     ref = fp32.scores(seqs)
     out = fp32_scorer(fp32).scores(seqs)
     assert torch.isneginf(out[:, 0]).all()
     assert torch.allclose(out[:, 1:], ref[:, 1:], atol=1e-5)
 
 
-def test_onnx_fp32_graph_gives_model_scores(fp32, seqs, tmp_path):
+@pytest.mark.parametrize("residual", RESIDUALS)
+def test_onnx_fp32_graph_gives_model_scores(residual, seqs, tmp_path):
     needs_ort()
     from sasrec_nb.int8 import OnnxSASRec
 
+    fp32 = with_residual(residual)
     path = export_onnx(fp32, tmp_path / "fp32.onnx")
     out = OnnxSASRec(path, threads=1).scores(seqs)
     assert torch.allclose(out[:, 1:], fp32.scores(seqs)[:, 1:], atol=1e-4)

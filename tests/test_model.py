@@ -5,15 +5,15 @@ import pytest
 import torch
 from torch import nn
 
-from sasrec_nb.model import SASRec, attention_mask, dropout
+from sasrec_nb.model import RESIDUALS, SASRec, attention_mask, dropout
 
 N, D, L = 40, 32, 12
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=RESIDUALS)
+def model(request):
     torch.manual_seed(0)
-    return SASRec(num_items=N, embed_dim=D, num_heads=2, num_blocks=2, max_len=L).eval()
+    return SASRec(num_items=N, embed_dim=D, num_heads=2, num_blocks=2, max_len=L, residual=request.param).eval()
 
 
 def batch(b=4, length=L, seed=0):
@@ -165,7 +165,8 @@ def test_padding_embedding_is_zero_and_heads_must_divide():
     torch.manual_seed(0)
     m = SASRec(num_items=N, embed_dim=D, num_heads=2, num_blocks=1, max_len=L)
     assert torch.equal(m.item_emb.weight[0], torch.zeros(D))
-    assert m.config == dict(num_items=N, embed_dim=D, num_heads=2, num_blocks=1, max_len=L, dropout=0.2)
+    assert m.config == dict(num_items=N, embed_dim=D, num_heads=2, num_blocks=1, max_len=L, dropout=0.2,
+                         residual="paper")
     with pytest.raises(ValueError, match="divisible"):
         SASRec(num_items=N, embed_dim=30, num_heads=4, num_blocks=1, max_len=L)
 
@@ -196,3 +197,25 @@ def test_attention_trained_with_a_vanishing_dropout_equals_the_sdpa_path(model):
         attn.eval()
         attn.dropout = model.config["dropout"]
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_blocks_follow_their_residual_formula():
+    """paper (§III-C): x + g(LN(x)) with normalised keys; port: LN(x) + Attn(LN(x), x, x), then LN(y) + FFN(LN(y))."""
+    torch.manual_seed(0)
+    seqs = batch()
+    for residual in RESIDUALS:
+        model = SASRec(num_items=N, embed_dim=D, num_heads=2, num_blocks=1, max_len=L, residual=residual).eval()
+        block = model.blocks[0]
+        with torch.no_grad():
+            x, keep = model.embed(seqs)
+            mask = attention_mask(seqs)
+            h = block.ln_attn(x)
+            if residual == "paper":
+                y = x + block.attn(h, h, mask)
+                want = (y + block.ffn(block.ln_ffn(y))) * keep
+            else:
+                y = h + block.attn(h, x, mask)
+                want = (block.ln_ffn(y) + block.ffn(block.ln_ffn(y))) * keep
+            assert torch.allclose(block(x, mask, keep), want, atol=1e-6), residual
+    with pytest.raises(ValueError, match="residual must be one of"):
+        SASRec(num_items=N, embed_dim=D, residual="post")

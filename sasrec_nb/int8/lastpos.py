@@ -2,10 +2,10 @@
 
 ``model.scores(seqs)`` needs the hidden state of the last position only. Every block but the last
 must still run on all positions (their outputs are the last block's keys and values), but the last
-block's queries, FFN and the final LayerNorm are needed at the last position alone:
+block's queries, FFN and the final LayerNorm are needed at the last position alone (paper form):
 
-    q_t = LN_attn(x_t);  x_t ← q_t + Attn(q_t, x, x)   (keys/values: all positions, mask row t)
-    q_t = LN_ffn(x_t);   x_t ← q_t + FFN(q_t)
+    h = LN_attn(x);      x_t ← x_t + Attn(h_t, h, h)    (keys/values: all positions, mask row t)
+    x_t ← x_t + FFN(LN_ffn(x_t))
     F_t = LN_last(x_t)
 
 This is an algorithmic saving, not quantization: both sides of every speed comparison use it, so
@@ -24,10 +24,9 @@ from ..model import Block, attention_mask
 
 def last_block(block: Block, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """:meth:`Block.forward` for the last position only: ``[B, L, d] → [B, 1, d]``."""
-    q = block.ln_attn(x[:, -1:])
-    x_t = q + block.attn_out(block.attn(q, x, mask[:, :, -1:]))
-    q = block.ln_ffn(x_t)
-    return (q + block.ffn_out(block.ffn(q))) * keep[:, -1:]
+    base, queries, keys = block.attention_inputs(x)
+    x_t = base[:, -1:] + block.attn_out(block.attn(queries[:, -1:], keys, mask[:, :, -1:]))
+    return block.feed_forward(x_t) * keep[:, -1:]
 
 
 def last_hidden(model: nn.Module, seqs: torch.Tensor) -> torch.Tensor:

@@ -126,11 +126,13 @@ class SASRecGraph:
         p = f"blocks.{i}"
         at_last = lambda t, axis: self.op("Slice", t, self.ints(-1), self.ints(LAST), self.ints(axis))
         xq, mask, keep = (at_last(x, 1), at_last(mask, 2), at_last(keep, 1)) if last else (x, mask, keep)
-        q = self.layer_norm(xq, f"{p}.ln_attn")
-        xq = self.op("Add", q, self.point(self.attention(q, x, mask, f"{p}.attn"), f"{p}.attn_out"))
+        paper = self.cfg["residual"] == "paper"  # x + Attn(LN(x)) with normalised keys; else the port's form
+        h = self.layer_norm(x if paper else xq, f"{p}.ln_attn")
+        q, keys = (at_last(h, 1) if last else h, h) if paper else (h, x)
+        xq = self.op("Add", xq if paper else q, self.point(self.attention(q, keys, mask, f"{p}.attn"), f"{p}.attn_out"))
         q = self.layer_norm(xq, f"{p}.ln_ffn")
         f = self.linear(self.op("Relu", self.linear(q, f"{p}.ffn.fc1")), f"{p}.ffn.fc2")
-        return self.op("Mul", self.op("Add", q, self.point(f, f"{p}.ffn_out")), keep)
+        return self.op("Mul", self.op("Add", xq if paper else q, self.point(f, f"{p}.ffn_out")), keep)
 
     def head(self, hidden: str) -> str:
         """Scores of every row of the item table; column 0 (padding) gets −inf through the bias.
