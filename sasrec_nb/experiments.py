@@ -150,8 +150,9 @@ class QuantizerTrace:
             a = x.abs().flatten().float()
             if len(a) > 200_000:  # a fixed subsample: quantiles of millions of values are slow
                 a = a[torch.randperm(len(a), generator=torch.Generator().manual_seed(0))[:200_000]]
-            self.stats[name].append({"clipped": q.clipped_fraction(x), "p99": a.quantile(0.99).item(),
-                                     "p999": a.quantile(0.999).item(), "max": x.abs().max().item()})
+            p99, p999 = a.quantile(torch.tensor([0.99, 0.999], device=a.device)).tolist()  # one sort for both
+            self.stats[name].append({"clipped": q.clipped_fraction(x), "p99": p99, "p999": p999,
+                                     "max": x.abs().max().item()})
 
 
 def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act_bits: int | None = None,

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-#: rows per chunk: 256 × 3,416 logits (3.5 MB) stay in a CPU cache; of 128-1024, 256 and 384 were fastest on the full profile
+#: rows per chunk: 256 × 3,416 logits (3.5 MB) stay in a CPU cache; of 128-1024, 256 and 384 were fastest
+#: on the full profile
 CHUNK_ROWS = 256
 
 
@@ -52,9 +53,13 @@ class _ChunkedSoftmaxCrossEntropy(torch.autograd.Function):
 
 def softmax_cross_entropy(hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
                           chunk: int = CHUNK_ROWS) -> torch.Tensor:
-    """Mean of −log softmax(hidden @ tableᵀ)[targets]; ``hidden [N, d]``, ``table [V, d]``, ``targets [N]`` in 0..V−1."""
+    """Mean of −log softmax(hidden @ tableᵀ)[targets].
+
+    ``hidden [N, d]``, ``table [V, d]``, ``targets [N]`` in 0..V−1.
+    """
     if hidden.dim() != 2 or table.dim() != 2 or hidden.shape[1] != table.shape[1]:
-        raise ValueError(f"hidden [N, d] and table [V, d] must share d, got {tuple(hidden.shape)} and {tuple(table.shape)}")
+        raise ValueError(f"hidden [N, d] and table [V, d] must share d, "
+                         f"got {tuple(hidden.shape)} and {tuple(table.shape)}")
     if targets.shape != hidden.shape[:1]:
         raise ValueError(f"targets must be [N] = [{hidden.shape[0]}], got {tuple(targets.shape)}")
     if len(targets) == 0:

@@ -7,8 +7,9 @@ Paths, all through the same lastpos inference path and ending with top-10:
 ``fp32_eager`` (PyTorch FP32), ``int8_torch`` (PyTorch oneDNN u8 × s8), ``int8_onnx`` (onnxruntime on the
 QDQ graph) and ``fp32_onnx`` (onnxruntime on the same graph without Q/DQ, for reference). Parts: the
 scoring head alone (hidden [B, d] → top-10) and the whole model (item ids [B, L] → top-10), at the
-quick-profile shape (d 128, 4 heads, 2 blocks, max_len 50) and the full-profile shape (d 50, 1 head,
-2 blocks, max_len 200), for synthetic catalogues of 3.4 K, 100 K and 1 M items and batches 1, 32, 256.
+quick-profile shape (d 128, 4 heads, 2 blocks, max_len 50, the paper's residual form) and the
+full-profile shape (d 50, 1 head, 2 blocks, max_len 200, the port's residual form), for synthetic
+catalogues of 3.4 K, 100 K and 1 M items and batches 1, 32, 256.
 Speed-ups are FP32 eager time / path time (and ``int8_onnx`` against ``fp32_onnx``).
 """
 from __future__ import annotations
@@ -25,8 +26,8 @@ from sasrec_nb.int8.bench import machine_info, median_ms, random_seqs, set_threa
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = {
-    "quick": dict(embed_dim=128, num_heads=4, num_blocks=2, max_len=50),
-    "full": dict(embed_dim=50, num_heads=1, num_blocks=2, max_len=200),
+    "quick": dict(embed_dim=128, num_heads=4, num_blocks=2, max_len=50, residual="paper"),
+    "full": dict(embed_dim=50, num_heads=1, num_blocks=2, max_len=200, residual="port"),
 }
 FULL_GRID = dict(shapes=("quick", "full"), items=(3416, 100_000, 1_000_000), batches=(1, 32, 256), repeat=15)
 QUICK_GRID = dict(shapes=("quick",), items=(3416, 100_000), batches=(1, 32), repeat=7)

@@ -26,7 +26,8 @@ def main() -> int:
     full = get_profile("full")
     results = report.load_results(full)
     if not results.empty:
-        fig = plots.quality_vs_bits(results, f"NDCG@10 against weight bits — {dataset_label(full.dataset)}, full profile")
+        title = f"NDCG@10 against weight bits — {dataset_label(full.dataset)}, full profile"
+        fig = plots.quality_vs_bits(results, title)
         fig.savefig(out / "quality_vs_bits.png", dpi=110)
         print("docs/quality_vs_bits.png")
     bench = ROOT / "results" / "bench" / "int8_speed.json"

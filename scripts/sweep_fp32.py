@@ -1,7 +1,7 @@
-"""FP32 test quality of a profile under a few training settings and seeds (why the quick target is hard).
+"""FP32 test quality of a profile under a few training settings and seeds (how the quick profile was chosen).
 
     python scripts/sweep_fp32.py [--profile quick] [--seeds 42 43 44] \
-        [--setting base '{}'] [--setting lr3e-3 '{"lr": 3e-3}'] ... [--out results/sweeps/fp32_quick.json]
+        [--setting base '{}'] [--setting lr3e-3 '{"lr": 3e-3}'] ... [--out FILE.json]
 
 Each setting is a name and a JSON object of :class:`sasrec_nb.config.Profile` overrides; every setting is
 trained from scratch with each seed (early stopping and the best validation epoch as in ``fit``) and scored
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
                         help="a named set of profile overrides (repeatable; default: the profile, the port's "
                              "residual, the last window only with lr 1e-3 for 20 epochs)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=str(ROOT / "results" / "sweeps" / "fp32_quick.json"))
+    parser.add_argument("--out", default=str(ROOT / "results" / "sweeps" / "fp32_quick_residual.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     runs = []

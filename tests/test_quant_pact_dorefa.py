@@ -179,7 +179,8 @@ def test_16_bit_weights_close_to_float_only_with_rescale(method):
 @pytest.mark.parametrize("bits", [4, 8, 16])
 def test_dorefa_latent_start_maps_back_to_the_trained_weights(bits):
     """tanh squeezes a row's large weights; the latent start undoes it (up to rounding)."""
-    w = torch.randn(5, 50, generator=torch.Generator().manual_seed(1)) * torch.tensor([0.02, 0.1, 0.3, 0.6, 1.0])[:, None]
+    spread = torch.tensor([0.02, 0.1, 0.3, 0.6, 1.0])[:, None]
+    w = torch.randn(5, 50, generator=torch.Generator().manual_seed(1)) * spread
     q = make_quantizer("dorefa", "weight", bits, axis=0, channels=5)
     v = q.latent_from(w)
     half_step = w.abs().amax(1, keepdim=True) / (2**bits - 1)

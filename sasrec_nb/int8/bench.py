@@ -85,14 +85,14 @@ def random_seqs(num_items: int, batch: int, length: int, seed: int = 0) -> torch
 
 @torch.no_grad()
 def synthetic_models(num_items: int, embed_dim: int, num_heads: int, num_blocks: int, max_len: int,
-                     method: str = "lsq", seed: int = 0) -> tuple[nn.Module, nn.Module]:
+                     residual: str = "paper", method: str = "lsq", seed: int = 0) -> tuple[nn.Module, nn.Module]:
     """A random FP32 SASRec and its 8-bit fake-quant twin, calibrated on two random sequences.
 
     Calibration is kept to two sequences because it scores every position against the whole table
     (``2 · max_len × num_items`` floats), which is large at a million items.
     """
     torch.manual_seed(seed)
-    model = SASRec(num_items, embed_dim, num_heads, num_blocks, max_len, dropout=0.0).eval()
+    model = SASRec(num_items, embed_dim, num_heads, num_blocks, max_len, dropout=0.0, residual=residual).eval()
     qmodel = quantize_model(model, method, weight_bits=8, act_bits=8, embed_bits=8)
     calibrate_activations(qmodel, [random_seqs(num_items, 2, max_len, seed)])
     return model, qmodel.eval()
