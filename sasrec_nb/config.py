@@ -22,9 +22,9 @@ that FP32 training fits in a notebook's minute (≈ 40 s) instead of the paper's
 max_len 200, dropout 0.2, lr 1e-3, batch 128, early stopping on validation NDCG@10. Its blocks keep the
 reference port's residual form (``residual="port"``, see :mod:`sasrec_nb.model`), with which its table
 of record was trained; the paper's form is not ahead on this data
-(``results/sweeps/fp32_full_long_paper.json``). The quick profile builds the paper's. Its dataset defaults to the ML-1M
-stand-in (``ml-1m-sasrec-trunc2``, the paper's preprocessed ML-1M with each user's last two interactions
-removed); ``SASREC_NB_DATASET=ml-1m`` selects the official archive.
+(``results/sweeps/fp32_full_long_paper.json``). The quick profile builds the paper's. Its dataset
+defaults to the ML-1M stand-in (``ml-1m-sasrec-trunc2``, the paper's preprocessed ML-1M with each
+user's last two interactions removed); ``SASREC_NB_DATASET=ml-1m`` selects the official archive.
 """
 from __future__ import annotations
 
