@@ -30,10 +30,14 @@ def quantized(model: SASRec, method: str, **bits) -> SASRec:
     return qmodel.eval()
 
 
+def with_residual(residual: str) -> SASRec:
+    torch.manual_seed(0)
+    return SASRec(NUM_ITEMS, DIM, HEADS, BLOCKS, MAX_LEN, residual=residual).eval()
+
+
 @pytest.fixture(scope="module")
 def fp32() -> SASRec:
-    torch.manual_seed(0)
-    return SASRec(NUM_ITEMS, DIM, HEADS, BLOCKS, MAX_LEN).eval()
+    return with_residual("paper")
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +120,6 @@ def test_small_batches_take_the_other_head_kernel_with_the_same_result(fp32, seq
     model = to_int8(quantized(fp32, "dorefa"))
     few = seqs[:SMALL_BATCH]
     assert torch.allclose(model.scores(few)[:, 1:], model.scores(seqs)[:SMALL_BATCH, 1:], atol=1e-5)
-
-
-def with_residual(residual: str) -> SASRec:
-    torch.manual_seed(0)
-    return SASRec(NUM_ITEMS, DIM, HEADS, BLOCKS, MAX_LEN, residual=residual).eval()
 
 
 @pytest.mark.parametrize("residual", RESIDUALS)
