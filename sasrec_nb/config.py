@@ -90,6 +90,19 @@ FP32_FIELDS = ("dataset", "embed_dim", "num_heads", "num_blocks", "max_len", "dr
 QAT_FIELDS = (*FP32_FIELDS, "qat_epochs", "qat_lr", "qat_windows", "quant_lr", "embed_bits", "calib_sequences")
 ADAROUND_FIELDS = (*FP32_FIELDS, "adaround_iters", "adaround_lr", "embed_bits", "calib_sequences")
 
+
+def run_fields(method: str) -> tuple[str, ...]:
+    """The profile fields a run of ``method`` (``"fp32"``, ``"adaround"`` or a QAT method) depends on."""
+    return {"fp32": FP32_FIELDS, "adaround": ADAROUND_FIELDS}.get(method, QAT_FIELDS)
+
+
+def changed_settings(saved: dict, profile: Profile, fields: tuple[str, ...]) -> list[str]:
+    """``"field: old -> new"`` for each of ``fields`` where the recorded settings ``saved`` differ from ``profile``."""
+    now = profile.to_dict()
+    return [f"{k}: {saved[k]!r} -> {now[k]!r}" if k in saved else f"{k}: not recorded -> {now[k]!r}"
+            for k in fields if saved.get(k, ...) != now[k]]
+
+
 PROFILES: dict[str, Profile] = {
     "quick": Profile(name="quick", dataset="ml-100k", embed_dim=128, num_heads=4, num_blocks=2, max_len=50,
                      dropout=0.2, lr=3e-3, batch_size=64, epochs=12, patience=100, eval_every=2,

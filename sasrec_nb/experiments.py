@@ -6,6 +6,7 @@ read; committed). A notebook asks for what it needs and gets the cached model, o
 """
 from __future__ import annotations
 
+import json
 import platform
 import sys
 import time
@@ -16,8 +17,8 @@ import torch
 from torch import nn
 
 from . import metrics
-from .config import (ADAROUND_FIELDS, FP32_FIELDS, QAT_FIELDS, Profile, checkpoint_dir, dataset_slug, device,
-                     project_root, results_dir)
+from .config import (Profile, changed_settings, checkpoint_dir, dataset_slug, device, project_root, results_dir,
+                     run_fields)
 from .data import REGISTRY, load_dataset
 from .loaders import Split, calibration_sequences, leave_one_out
 from .model import SASRec
@@ -55,10 +56,14 @@ def command_line() -> str:
 def record(profile: Profile, run: str, method: str, weight_bits: int | None, act_bits: int | None,
            model: nn.Module, split: Split, history: dict, command: str | None = None,
            baseline: nn.Module | None = None) -> dict:
-    """The results JSON of a run (DESIGN §6), with paired differences against ``baseline``."""
+    """The results JSON of a run (DESIGN §6), with paired differences against ``baseline``.
+
+    ``settings`` records the profile fields the run depends on, so a later profile change is detected.
+    """
     test = evaluate(model, split.test, profile.eval_batch_size, per_user=True)
     out = {
         "run": run, "method": method, "weight_bits": weight_bits, "act_bits": act_bits,
+        "settings": {k: getattr(profile, k) for k in run_fields(method)},
         "embed_bits": profile.embed_bits if method != "fp32" else None,
         "dataset": dataset_label(profile.dataset), "profile": profile.name,
         "test": {p: test[p] for p in metrics.PROTOCOLS}, "n_users": test["n_users"],
@@ -81,25 +86,38 @@ def record(profile: Profile, run: str, method: str, weight_bits: int | None, act
     return out
 
 
-def cached_checkpoint(path: Path, profile: Profile, fields: tuple[str, ...], force: bool) -> dict | None:
+def cached_checkpoint(path: Path, profile: Profile, method: str, force: bool) -> dict | None:
     """The checkpoint at ``path`` (None when absent or ``force``); an error when it was trained with other settings.
 
-    ``fields`` are the profile fields the run depends on; the checkpoint records the profile it was trained with.
+    The checkpoint records the profile it was trained with; :func:`config.run_fields` names the fields that matter.
     """
     if force or not path.exists():
         return None
     ckpt = read_checkpoint(path)
-    saved = ckpt["meta"].get("profile", {})
-    now = profile.to_dict()
-    changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" if k in saved else f"{k}: not recorded -> {now[k]!r}"
-               for k in fields if saved.get(k, ...) != now[k]]
+    changed = changed_settings(ckpt["meta"].get("profile", {}), profile, run_fields(method))
     if changed:
-        where = path.relative_to(project_root()) if path.is_relative_to(project_root()) else path
-        raise ValueError(f"{where} was trained with other settings than the {profile.name!r} profile has now:\n  "
+        raise ValueError(f"{shown(path)} was trained with other settings than the {profile.name!r} profile has now:\n  "
                          + "\n  ".join(changed)
                          + f"\n  retrain it (python -m sasrec_nb.train --profile {profile.name} --force ...)"
                          " or delete it")
     return ckpt
+
+
+def stale_result(path: Path, profile: Profile, method: str) -> str | None:
+    """Why the results file at ``path`` does not belong to the profile as it is now (None when it does)."""
+    saved = json.loads(path.read_text()).get("settings")
+    if saved is None:
+        return f"{shown(path)} does not record the settings it was produced with (an older version wrote it)"
+    changed = changed_settings(saved, profile, run_fields(method))
+    if changed:
+        return (f"{shown(path)} was produced with other settings than the {profile.name!r} profile has now:\n  "
+                + "\n  ".join(changed))
+    return None
+
+
+def shown(path: Path) -> Path:
+    """``path`` relative to the project, for messages without machine paths."""
+    return path.relative_to(project_root()) if path.is_relative_to(project_root()) else path
 
 
 def new_model(profile: Profile, split: Split) -> SASRec:
@@ -112,7 +130,7 @@ def fp32_model(profile: Profile, force: bool = False) -> tuple[SASRec, dict]:
     split = load_split(profile)
     path = checkpoint_dir(profile) / "fp32.pt"
     model = new_model(profile, split)
-    ckpt = cached_checkpoint(path, profile, FP32_FIELDS, force)
+    ckpt = cached_checkpoint(path, profile, "fp32", force)
     if ckpt is not None:
         load_into(model, ckpt["state_dict"], str(path))
         return model.eval(), ckpt["meta"].get("history", {})
@@ -169,7 +187,7 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
     calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
     qmodel = quantize_model(fp32, method, wb, ab, profile.embed_bits)
     path = checkpoint_dir(profile) / f"{name}.pt"
-    ckpt = cached_checkpoint(path, profile, QAT_FIELDS, force)
+    ckpt = cached_checkpoint(path, profile, method, force)
     if ckpt is not None:
         for q in quantizers(qmodel).values():
             q.initialized.fill_(True)
@@ -200,7 +218,7 @@ def adaround_model(profile: Profile, weight_bits: int | None = None, act_bits: i
     fp32, _ = fp32_model(profile)
     calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
     path = checkpoint_dir(profile) / f"{name}.pt"
-    ckpt = cached_checkpoint(path, profile, ADAROUND_FIELDS, force)
+    ckpt = cached_checkpoint(path, profile, "adaround", force)
     if ckpt is not None:
         qmodel = adaround.from_state(fp32, ckpt["state_dict"], wb, ab, profile.embed_bits)
         return qmodel.eval(), ckpt["meta"].get("report", {})
@@ -272,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         result = results_dir(profile) / f"{name}.json"
         force = args.force and (method != "fp32" or args.all or args.method == "fp32")
         if result.exists() and not force:
-            print(f"  {name}: results exist ({result.relative_to(results_dir(profile).parents[2])}); --force to redo")
+            stale = stale_result(result, profile, method)
+            if stale:
+                raise SystemExit(f"{stale}\n  redo it with --force (FP32 is redone only with --all or --method fp32)")
+            print(f"  {name}: results exist ({shown(result)}); --force to redo")
             continue
         started = time.perf_counter()
         if method == "fp32":

@@ -72,15 +72,38 @@ def test_adaround_run_reloads_identically(home):
     assert torch.equal(qmodel.scores(seqs), reloaded.scores(seqs))
 
 
-def test_cli_trains_then_skips_existing_results(home, capsys):
+@pytest.fixture()
+def tiny_quick(monkeypatch):
+    """The CLI's ``quick`` profile replaced by the tiny one."""
     profile = tiny_profile()
-    experiments.fp32_model(profile)
+    monkeypatch.setitem(config.PROFILES, "quick", profile)
+    return profile
+
+
+def test_cli_trains_then_skips_existing_results(home, tiny_quick, capsys):
+    experiments.fp32_model(tiny_quick)
+    result = json.loads((home / "results" / "toy" / "quick" / "fp32.json").read_text())
+    assert result["settings"] == {k: getattr(tiny_quick, k) for k in config.FP32_FIELDS}
     assert experiments.main(["--method", "fp32"]) == 0
-    assert "results exist" in capsys.readouterr().out
+    assert "fp32: results exist (results/toy/quick/fp32.json)" in capsys.readouterr().out
 
 
-def test_cli_force_redoes_the_runs_named_not_their_fp32_base(home, monkeypatch, capsys):
-    experiments.fp32_model(tiny_profile())
+def test_cli_refuses_results_produced_with_other_settings(home, tiny_quick, monkeypatch):
+    experiments.fp32_model(tiny_quick)
+    monkeypatch.setitem(config.PROFILES, "quick", replace(tiny_quick, dropout=0.3))
+    with pytest.raises(SystemExit, match=r"results/toy/quick/fp32\.json was produced with other settings(.|\n)*"
+                                         r"dropout: 0\.2 -> 0\.3\n  redo it with --force"):
+        experiments.main(["--method", "fp32"])
+    path = home / "results" / "toy" / "quick" / "fp32.json"
+    old = json.loads(path.read_text())
+    del old["settings"]
+    path.write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="does not record the settings it was produced with"):
+        experiments.main(["--method", "fp32"])
+
+
+def test_cli_force_redoes_the_runs_named_not_their_fp32_base(home, tiny_quick, monkeypatch, capsys):
+    experiments.fp32_model(tiny_quick)
     calls = []
     monkeypatch.setattr(experiments, "fp32_model", lambda profile, force=False: calls.append(("fp32", force)))
     monkeypatch.setattr(experiments, "qat_model", lambda profile, m, wb, ab, force=False: calls.append((m, force)))
