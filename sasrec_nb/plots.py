@@ -221,6 +221,25 @@ def quality_vs_bits(results: pd.DataFrame, title: str = "quality against weight 
     return fig
 
 
+def activation_ranges(points: Mapping[str, Mapping], title: str = "activation ranges of the FP32 model"):
+    """Per quantization point, on a log axis: the 99th and 99.9th percentile and the max of |x| over real
+    positions, and the max the calibration saw (the span of a fixed abs-max grid)."""
+    names = list(points)
+    y = np.arange(len(names))
+    fig, ax = _fig(8, 0.28 * len(names) + 1.8)
+    for key, label, marker, color in (("p99", "99th percentile of |x|", "|", PALETTE[2]),
+                                      ("p999", "99.9th percentile", "x", PALETTE[0]),
+                                      ("max", "max |x|", "o", PALETTE[1]),
+                                      ("calibrated_max", "max seen by calibration (grid span)", "s", "k")):
+        ax.scatter([points[n][key] for n in names], y, marker=marker, color=color, label=label, zorder=3,
+                   facecolors="none" if marker == "s" else None)
+    labels = [n.replace(".input_quantizer", " input") for n in names]
+    ax.set(yticks=y, yticklabels=labels, xscale="log", xlabel="|x| over the calibration sequences", title=title)
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    return fig
+
+
 def int8_speedup(bench: Mapping, shape: str = "quick"):
     """INT8 speed-up over FP32 PyTorch eager against catalogue size: head and whole model, per batch size."""
     rows = [r for r in bench["results"] if r["shape"] == shape]

@@ -46,5 +46,8 @@ def test_quantization_figures():
     plots.clipped_fractions({"a": 0.01, "b": 0.0}, "t")
     plots.levels_compare({"u": torch.linspace(0, 1, 4), "p": torch.tensor([0, 0.25, 0.5, 1.0])}, "t")
     r = {"full": {"ndcg@10": 0.1, "hit@10": 0.2}, "sampled100": {"ndcg@10": 0.4, "hit@10": 0.6}}
+    points = {"a.input_quantizer": {"p99": 1.0, "p999": 2.0, "max": 5.0, "calibrated_max": 9.0},
+              "b_out": {"p99": 0.5, "p999": 1.0, "max": 1.5, "calibrated_max": 1.5}}
+    assert plots.activation_ranges(points).get_figwidth() == 8
     table = plots.quality_table({"q": r}, r)
     assert table.loc["q", "% of FP32 (full NDCG@10)"] == 100.0

@@ -24,8 +24,8 @@ Adaptations for SASRec (qat_methods.md §0 and §4), each named where it is used
   k = 1 keeps the paper's E = mean|w| and ignores the option.
 * **Latent start** (:meth:`DoReFaWeightQuantizer.latent_from`, used by ``quantize_model``). QAT here
   starts from a trained model, whose weights the transform would bend: c · tanh(w)/max|tanh(w)| squeezes
-  each row's large weights (by 1.2-7.7 % relative error on the full-profile SASRec at 8 bits, against
-  0.5-0.65 % for rounding alone). The latent weights are set to the transform's inverse, so that the
+  each row's large weights (by 1.3-18 % relative error on the full-profile SASRec at 8 bits, against
+  0.55-0.7 % for rounding alone). The latent weights are set to the transform's inverse, so that the
   model QAT starts from is the trained one up to rounding (``dorefa_latent_start=False``: latent = w).
   The paper trains from scratch and needs none.
 * **Per-channel normalisation** when ``axis`` is given (one max|tanh(w)| and one c per output row,

@@ -1,0 +1,134 @@
+"""What a fixed abs-max activation grid costs the FP32 model, and at which quantization point.
+
+    python scripts/probe_activation_ranges.py [--profile full] [--out results/analysis/activation_ranges_full.json]
+
+DoReFa (as adapted here) and AdaRound keep every activation grid where calibration put it: step =
+max|x| / q_max over the calibration sequences. The other four methods start there and then learn the
+range. This probe measures, on the profile's FP32 checkpoint:
+
+* per quantization point: the 99th and 99.9th percentile and the max of |x| over the real positions
+  of the calibration sequences, the max the calibration saw (it runs on padded sequences, so padding
+  positions count too) and the 8-bit step that max gives;
+* test metrics (both protocols) of the FP32 model with only its activations on fixed 8-bit abs-max
+  grids (weights FP32): as calibrated, with every grid set from the real positions only, and as
+  calibrated but with the heaviest-tailed point (largest max / 99th percentile) left in FP32; and with
+  only its weights at 8 bits (per-row abs-max, round to nearest: where STE starts).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sasrec_nb.config import get_profile  # noqa: E402
+from sasrec_nb.experiments import dataset_label, fp32_model, load_split  # noqa: E402
+from sasrec_nb.int8.bench import machine_info  # noqa: E402
+from sasrec_nb.loaders import calibration_sequences  # noqa: E402
+from sasrec_nb.quant import calibrate_activations, capture_inputs, quantize_model, quantizers  # noqa: E402
+from sasrec_nb.train import evaluate  # noqa: E402
+
+BITS = 8
+
+
+@torch.no_grad()
+def point_stats(x: torch.Tensor) -> dict:
+    """Percentiles and max of |x| over every value of one point's input."""
+    a = x.abs().flatten().float()
+    top = a.max().item()
+    if len(a) > 2_000_000:  # a fixed subsample: quantiles of more values are slow
+        a = a[torch.randperm(len(a), generator=torch.Generator().manual_seed(0))[:2_000_000]]
+    p99, p999 = a.quantile(torch.tensor([0.99, 0.999])).tolist()
+    return {"p99": p99, "p999": p999, "max": top}
+
+
+def act_only(fp32: torch.nn.Module, calib: torch.Tensor, keep_fp32: str | None = None,
+             real_max: dict[str, float] | None = None) -> torch.nn.Module:
+    """The FP32 model with fixed abs-max activation grids (AdaRound's, = DoReFa's start), weights FP32;
+    ``real_max`` replaces each calibrated max by the one over real positions."""
+    model = quantize_model(fp32, "adaround", BITS, BITS, BITS)
+    for q in quantizers(model, "weight").values():
+        q.enabled = False
+    calibrate_activations(model, calib.split(256))
+    for name, q in quantizers(model, "act").items():
+        if real_max is not None:
+            q.step.data.fill_(real_max[name] / q.qrange[1])
+        q.enabled = name != keep_fp32
+    return model
+
+
+def weights_only(fp32: torch.nn.Module, calib: torch.Tensor) -> torch.nn.Module:
+    """The FP32 model with 8-bit per-row abs-max weights, rounded to nearest (STE's start), activations FP32."""
+    model = quantize_model(fp32, "ste", BITS, BITS, BITS, calibration=calib.split(256))
+    for q in quantizers(model, "act").values():
+        q.enabled = False
+    return model
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="full")
+    parser.add_argument("--out", default=None, help="default: results/analysis/activation_ranges_<profile>.json")
+    args = parser.parse_args(argv)
+    profile = get_profile(args.profile)
+    split = load_split(profile)
+    fp32, _ = fp32_model(profile)
+    calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
+
+    probe = quantize_model(fp32, "adaround", BITS, BITS, BITS)
+    acts = quantizers(probe, "act")
+    for q in quantizers(probe).values():
+        q.enabled = False
+    inputs: dict[str, list[torch.Tensor]] = {n: [] for n in acts}
+    with torch.no_grad():
+        for batch in calib.split(256):
+            mask = batch != probe.item_emb.padding_idx  # real positions: padding is never attended to or scored
+            with capture_inputs(acts) as seen:
+                probe.logits(probe(batch))
+            for n, x in seen.items():
+                inputs[n].append(x[mask] if x.shape[:2] == mask.shape else x.reshape(-1, x.shape[-1]))
+    calibrated = {n: q.step.item() * q.qrange[1] for n, q in quantizers(act_only(fp32, calib), "act").items()}
+    points = {}
+    for n in acts:
+        points[n] = point_stats(torch.cat(inputs[n]))
+        points[n]["calibrated_max"] = calibrated[n]
+        points[n]["step_at_8_bits"] = calibrated[n] / acts[n].qrange[1]
+    heaviest = max(points, key=lambda n: points[n]["max"] / points[n]["p99"])
+    print(f"heaviest tail: {heaviest} ({points[heaviest]})", flush=True)
+
+    real_max = {n: p["max"] for n, p in points.items()}
+    fixed = f"activations only, fixed abs-max W32A{BITS}"
+    models = {
+        "fp32": fp32,
+        fixed: act_only(fp32, calib),
+        f"{fixed}, grids from real positions only": act_only(fp32, calib, real_max=real_max),
+        f"{fixed}, {heaviest} in FP32": act_only(fp32, calib, keep_fp32=heaviest),
+        f"weights only, per-row abs-max W{BITS}A32": weights_only(fp32, calib),
+    }
+    test = {}
+    for name, model in models.items():
+        metrics = evaluate(model, split.test, profile.eval_batch_size)
+        test[name] = {p: {k: metrics[p][k] for k in ("ndcg@10", "hit@10")} for p in ("full", "sampled100")}
+        print(f"{name}: full NDCG@10 {test[name]['full']['ndcg@10']:.4f}", flush=True)
+    out = {
+        "what": "activation ranges of the FP32 model at each quantization point, and the cost of fixed abs-max grids",
+        "profile": profile.name, "dataset": dataset_label(profile.dataset), "bits": BITS,
+        "calibration_sequences": len(calib),
+        "positions": "p99, p999, max: real items only; calibrated_max: all positions calibration saw (padding too)",
+        "points": points, "heaviest_tail": heaviest, "test": test,
+        "machine": machine_info(torch.get_num_threads()),
+        "command": "python scripts/probe_activation_ranges.py " + " ".join(argv),
+    }
+    path = Path(args.out or ROOT / "results" / "analysis" / f"activation_ranges_{profile.name}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

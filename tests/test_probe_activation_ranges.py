@@ -1,0 +1,52 @@
+"""scripts/probe_activation_ranges.py: its range statistics and the partly quantized models it compares."""
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from sasrec_nb.model import SASRec
+from sasrec_nb.quant import quantizers
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("probe", ROOT / "scripts" / "probe_activation_ranges.py")
+probe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(probe)
+
+
+def test_point_stats_are_percentiles_and_max_of_abs():
+    x = torch.arange(-500, 500, dtype=torch.float32).reshape(10, 10, 10)  # |x| takes 0..500
+    stats = probe.point_stats(x)
+    a = x.abs().flatten()
+    assert stats["max"] == 500.0
+    assert stats["p99"] == a.quantile(0.99).item() and stats["p999"] == a.quantile(0.999).item()
+
+
+def tiny():
+    torch.manual_seed(0)
+    model = SASRec(30, 16, 2, 1, 8).eval()
+    seqs = torch.randint(1, 31, (12, 8))
+    seqs[:4, :3] = 0  # some padding
+    return model, seqs
+
+
+def test_act_only_quantizes_activations_on_the_calibrated_abs_max_grid():
+    model, seqs = tiny()
+    q = probe.act_only(model, seqs)
+    assert all(not wq.enabled for wq in quantizers(q, "weight").values())
+    acts = quantizers(q, "act")
+    assert all(a.enabled for a in acts.values())
+    with torch.no_grad():
+        assert not torch.allclose(q(seqs), model(seqs))
+    real_max = {n: 1.0 for n in acts}
+    moved = quantizers(probe.act_only(model, seqs, real_max=real_max), "act")
+    assert all(abs(a.step.item() * a.qrange[1] - 1.0) < 1e-6 for a in moved.values())
+    name = next(iter(acts))
+    kept = quantizers(probe.act_only(model, seqs, keep_fp32=name), "act")
+    assert not kept[name].enabled and sum(a.enabled for a in kept.values()) == len(acts) - 1
+
+
+def test_weights_only_leaves_activations_in_fp32():
+    model, seqs = tiny()
+    q = probe.weights_only(model, seqs)
+    assert all(not a.enabled for a in quantizers(q, "act").values())
+    assert all(w.enabled for w in quantizers(q, "weight").values())
