@@ -92,7 +92,8 @@ def main(argv: list[str]) -> int:
                 probe.logits(probe(batch))
             for n, x in seen.items():
                 inputs[n].append(x[mask] if x.shape[:2] == mask.shape else x.reshape(-1, x.shape[-1]))
-    calibrated = {n: q.step.item() * q.qrange[1] for n, q in quantizers(act_only(fp32, calib), "act").items()}
+    as_calibrated = act_only(fp32, calib)
+    calibrated = {n: q.step.item() * q.qrange[1] for n, q in quantizers(as_calibrated, "act").items()}
     points = {}
     for n in acts:
         points[n] = point_stats(torch.cat(inputs[n]))
@@ -105,7 +106,7 @@ def main(argv: list[str]) -> int:
     fixed = f"activations only, fixed abs-max W32A{BITS}"
     models = {
         "fp32": fp32,
-        fixed: act_only(fp32, calib),
+        fixed: as_calibrated,
         f"{fixed}, grids from real positions only": act_only(fp32, calib, real_max=real_max),
         f"{fixed}, {heaviest} in FP32": act_only(fp32, calib, keep_fp32=heaviest),
         f"weights only, per-row abs-max W{BITS}A32": weights_only(fp32, calib),
