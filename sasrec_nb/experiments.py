@@ -141,6 +141,18 @@ def fp32_model(profile: Profile, force: bool = False) -> tuple[SASRec, dict]:
     return model.eval(), history
 
 
+@torch.no_grad()
+def abs_range(x: torch.Tensor, sample: int = 200_000) -> dict[str, float]:
+    """The 99th and 99.9th percentile and the max of |x|; the percentiles on a fixed subsample of ``sample``
+    values when there are more (quantiles of millions of values are slow)."""
+    a = x.abs().flatten().float()
+    top = a.max().item()
+    if len(a) > sample:
+        a = a[torch.randperm(len(a), generator=torch.Generator().manual_seed(0))[:sample]]
+    p99, p999 = a.quantile(torch.tensor([0.99, 0.999], device=a.device)).tolist()  # one sort for both
+    return {"p99": p99, "p999": p999, "max": top}
+
+
 class QuantizerTrace:
     """Per-epoch record of every quantizer, for the notebooks' pictures.
 
@@ -165,12 +177,7 @@ class QuantizerTrace:
         for name, q in found.items():
             self.scales[name].append(q.scale.float().mean().item())
             x = inputs[name]
-            a = x.abs().flatten().float()
-            if len(a) > 200_000:  # a fixed subsample: quantiles of millions of values are slow
-                a = a[torch.randperm(len(a), generator=torch.Generator().manual_seed(0))[:200_000]]
-            p99, p999 = a.quantile(torch.tensor([0.99, 0.999], device=a.device)).tolist()  # one sort for both
-            self.stats[name].append({"clipped": q.clipped_fraction(x), "p99": p99, "p999": p999,
-                                     "max": x.abs().max().item()})
+            self.stats[name].append({"clipped": q.clipped_fraction(x), **abs_range(x)})
 
 
 def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act_bits: int | None = None,

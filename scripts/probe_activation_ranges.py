@@ -27,24 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sasrec_nb.config import get_profile  # noqa: E402
-from sasrec_nb.experiments import dataset_label, fp32_model, load_split  # noqa: E402
+from sasrec_nb.experiments import abs_range, dataset_label, fp32_model, load_split  # noqa: E402
 from sasrec_nb.int8.bench import machine_info  # noqa: E402
 from sasrec_nb.loaders import calibration_sequences  # noqa: E402
 from sasrec_nb.quant import calibrate_activations, capture_inputs, quantize_model, quantizers  # noqa: E402
 from sasrec_nb.train import evaluate  # noqa: E402
 
 BITS = 8
-
-
-@torch.no_grad()
-def point_stats(x: torch.Tensor) -> dict:
-    """Percentiles and max of |x| over every value of one point's input."""
-    a = x.abs().flatten().float()
-    top = a.max().item()
-    if len(a) > 2_000_000:  # a fixed subsample: quantiles of more values are slow
-        a = a[torch.randperm(len(a), generator=torch.Generator().manual_seed(0))[:2_000_000]]
-    p99, p999 = a.quantile(torch.tensor([0.99, 0.999])).tolist()
-    return {"p99": p99, "p999": p999, "max": top}
 
 
 def act_only(fp32: torch.nn.Module, calib: torch.Tensor, keep_fp32: str | None = None,
@@ -80,23 +69,24 @@ def main(argv: list[str]) -> int:
     fp32, _ = fp32_model(profile)
     calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
 
-    probe = quantize_model(fp32, "adaround", BITS, BITS, BITS)
-    acts = quantizers(probe, "act")
-    for q in quantizers(probe).values():
-        q.enabled = False
+    as_calibrated = act_only(fp32, calib)
+    acts = quantizers(as_calibrated, "act")
+    calibrated = {n: q.step.item() * q.qrange[1] for n, q in acts.items()}
     inputs: dict[str, list[torch.Tensor]] = {n: [] for n in acts}
+    for q in acts.values():  # FP32 inputs at every point while they are captured
+        q.enabled = False
     with torch.no_grad():
         for batch in calib.split(256):
-            mask = batch != probe.item_emb.padding_idx  # real positions: padding is never attended to or scored
+            mask = batch != fp32.item_emb.padding_idx  # real positions: padding is never attended to or scored
             with capture_inputs(acts) as seen:
-                probe.logits(probe(batch))
+                as_calibrated.logits(as_calibrated(batch))
             for n, x in seen.items():
                 inputs[n].append(x[mask] if x.shape[:2] == mask.shape else x.reshape(-1, x.shape[-1]))
-    as_calibrated = act_only(fp32, calib)
-    calibrated = {n: q.step.item() * q.qrange[1] for n, q in quantizers(as_calibrated, "act").items()}
+    for q in acts.values():
+        q.enabled = True
     points = {}
     for n in acts:
-        points[n] = point_stats(torch.cat(inputs[n]))
+        points[n] = abs_range(torch.cat(inputs[n]), sample=2_000_000)
         points[n]["calibrated_max"] = calibrated[n]
         points[n]["step_at_8_bits"] = calibrated[n] / acts[n].qrange[1]
     heaviest = max(points, key=lambda n: points[n]["max"] / points[n]["p99"])

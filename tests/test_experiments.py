@@ -129,3 +129,13 @@ def test_a_checkpoint_trained_with_other_settings_is_refused_not_reused(home):
     experiments.fp32_model(qat_only)  # a QAT setting does not make the FP32 run stale
     retrained, _ = experiments.fp32_model(changed, force=True)
     assert retrained.config["residual"] == "port"
+
+
+def test_abs_range_is_percentiles_and_max_of_abs():
+    x = torch.arange(-500, 500, dtype=torch.float32).reshape(10, 10, 10)  # |x| takes 0..500
+    stats = experiments.abs_range(x)
+    a = x.abs().flatten()
+    assert stats["max"] == 500.0
+    assert stats["p99"] == a.quantile(0.99).item() and stats["p999"] == a.quantile(0.999).item()
+    sampled = experiments.abs_range(x, sample=100)  # percentiles on 100 of the 1,000 values, the max on all
+    assert sampled["max"] == 500.0 and sampled["p99"] <= 500.0
