@@ -11,7 +11,7 @@ import torch
 from sasrec_nb.int8 import (BACKENDS, export_onnx, fp32_scorer, onnx_integer_matmuls, saved_bytes, to_int8)
 from sasrec_nb.int8 import check
 from sasrec_nb.int8.bench import random_seqs
-from sasrec_nb.int8.torch_backend import SMALL_BATCH
+from sasrec_nb.int8 import torch_backend
 from sasrec_nb.model import RESIDUALS, SASRec
 from sasrec_nb.quant import calibrate_activations, quantize_model
 
@@ -116,10 +116,49 @@ def test_offset_grid_tables_are_looked_up_exactly_as_the_twin(fp32, backend):
     assert torch.equal(looked_up, table)
 
 
-def test_small_batches_take_the_other_head_kernel_with_the_same_result(fp32, seqs):
-    model = to_int8(quantized(fp32, "dorefa"))
-    few = seqs[:SMALL_BATCH]
-    assert torch.allclose(model.scores(few)[:, 1:], model.scores(seqs)[:SMALL_BATCH, 1:], atol=1e-5)
+@pytest.mark.parametrize("split", [False, True], ids=["one-gemm", "split-weights"])
+def test_integer_linear_is_exact_at_the_extremes_of_the_codes(split, monkeypatch):
+    """u = 255 against q = −128 (and every other extreme pair) gives the exact int32 sum, whether the CPU's kernel
+    sums pairs in int32 (VNNI) or the weights are split q = 2a + b to keep int16 pair sums from saturating."""
+    from sasrec_nb.int8.state import Grid
+    from sasrec_nb.int8.torch_backend import Int8Linear
+
+    if not split and torch_backend.pair_sums_saturate():
+        pytest.skip("this CPU's u8 × s8 kernel saturates int16 pair sums (no VNNI): the split path serves it")
+    monkeypatch.setattr(torch_backend, "pair_sums_saturate", lambda: split)
+    torch.manual_seed(0)
+    codes = torch.randint(-128, 128, (48, 96), dtype=torch.int8)
+    codes[0], codes[1] = -128, 127
+    grid = Grid(scale=1.0, lo=-128, hi=127)
+    x = torch.randint(-128, 128, (20, 96)).float()
+    x[0], x[1] = 127.0, -128.0
+    exact = (x @ codes.float().T).double()  # integers below 2^24: exact in float
+    out = Int8Linear(codes, torch.ones(48), None, None, grid)(x)
+    assert torch.equal(out.double(), exact)
+
+
+def test_the_saturation_probe_tells_the_truth():
+    """pair_sums_saturate() is True exactly when one u8 × s8 GEMM of extreme codes misses the exact sum."""
+    from sasrec_nb.int8.state import Grid
+
+    torch_backend.pair_sums_saturate.cache_clear()
+    u = torch.full((4, 256), 255, dtype=torch.uint8)
+    packed = torch.ops.onednn.qlinear_prepack(torch.full((8, 256), -128, dtype=torch.int8), None)
+    y = torch_backend._gemm(u, Grid(1.0, 0, 255), packed, torch.ones(8), torch.zeros(8, dtype=torch.long), None)
+    assert torch_backend.pair_sums_saturate() == (not torch.equal(y, torch.full((4, 8), 255.0 * -128 * 256)))
+
+
+def test_the_torch_back_end_uses_no_deprecated_quantization_api(fp32, seqs):
+    """No quantized tensor dtype and no function that makes one (deprecated in PyTorch 2.13)."""
+    import ast
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=r"(?s).*deprecat")
+        to_int8(quantized(fp32, "ste"), "torch").scores(seqs[:8])
+    tree = ast.parse(open(torch_backend.__file__).read())
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert not used & {"quantize_per_tensor", "quantize_per_channel", "qint8", "quint8", "qint32", "quantized"}
 
 
 @pytest.mark.parametrize("residual", RESIDUALS)

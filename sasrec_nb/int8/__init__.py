@@ -36,7 +36,7 @@ def to_int8(model: nn.Module, backend: str = "torch", path: str | Path | None = 
             threads: int | None = None) -> Int8SASRec | OnnxSASRec:
     """The integer model of a calibrated (or trained) 8-bit uniform-grid fake-quant SASRec.
 
-    ``backend="torch"``: :class:`Int8SASRec` (fbgemm/oneDNN kernels; threads from ``torch.set_num_threads``);
+    ``backend="torch"``: :class:`Int8SASRec` (oneDNN kernels; threads from ``torch.set_num_threads``);
     ``"onnx"``: writes ``path`` and returns an :class:`OnnxSASRec` session with ``threads`` intra-op threads
     (onnxruntime's default when None). Raises ValueError for APoT, bit widths other than 8 and
     uncalibrated quantizers.

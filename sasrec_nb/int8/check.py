@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..loaders import EvalSet
-from ..train import evaluate
+from ..training import evaluate
 
 
 @torch.no_grad()

@@ -5,11 +5,11 @@ scales in it as plain constants: the current ``torch.onnx`` exporter rejects ``f
 Where the state holds integer codes (see :mod:`.state`) the graph is a QDQ graph:
 
     x ─ QuantizeLinear(s_x, zp) ─ DequantizeLinear ─┐           u8 activations, zp 128 when signed
-    W (int8) ─ DequantizeLinear(s_w, axis=out) ─────┴─ MatMul ─ Add(b)   s8 weights per channel
+    W (u8) ─ DequantizeLinear(s_w, zp 128, axis=out) ┴─ MatMul ─ Add(b)   int8 codes per channel, as u8
 
 which onnxruntime rewrites into integer kernels (``MatMulIntegerToFloat``, ``QGemm``); named points
 are a Q → DQ pair alone. Where the state holds FP32 weights (an FP32 model) the same graph is built
-without Q/DQ, the like-for-like reference. The item table is stored once, int8 per row: ``Gather``
+without Q/DQ, the like-for-like reference. The item table is stored once, per row: ``Gather``
 reads rows for the lookup, and the head is ``Gemm(transB=1)`` against the whole table with a −inf
 bias on the padding column (added after
 the Gemm). The last block runs the lastpos path of :mod:`.lastpos`.
@@ -44,9 +44,15 @@ class SASRecGraph:
         return name
 
     def tensor(self, key: str, transform=None) -> str:
-        """A state tensor as an initializer named by its state key."""
+        """A state tensor as an initializer named by its state key (transformed once, on first use)."""
         array = self.t[key].numpy()
-        return self.const(array if transform is None else transform(array), array.dtype, key)
+        array = array if transform is None else transform(array)
+        return self.const(array, array.dtype, key)
+
+    def codes(self, name: str, transpose: bool = False) -> str:
+        """A weight's int8 codes q stored as uint8 u = q + 128 (zero point 128), see :meth:`weight`."""
+        to_u8 = lambda a: (a.astype(np.int16) + 128).astype(np.uint8)
+        return self.tensor(f"{name}.weight", (lambda a: np.ascontiguousarray(to_u8(a).T)) if transpose else to_u8)
 
     def op(self, op_type: str, *inputs: str, **attrs) -> str:
         out = f"{op_type}_{len(self.nodes)}"
@@ -78,12 +84,18 @@ class SASRecGraph:
         return self.op("Add", y, self.op("Mul", total, self.tensor(key)))
 
     def weight(self, name: str, axis: int, transpose: bool) -> str:
-        """The weight as the GEMM sees it: DQ(int8 codes, per-channel scale) or the FP32 tensor."""
-        w = self.tensor(f"{name}.weight", (lambda a: np.ascontiguousarray(a.T)) if transpose else None)
+        """The weight as the GEMM sees it: DQ(codes, per-channel scale) or the FP32 tensor.
+
+        The codes are stored as uint8 with zero point 128 (u8 × u8 GEMMs), not int8: onnxruntime's u8 × s8
+        kernels sum pairs of products in int16 on CPUs without VNNI (AVX2), which saturates on full-range
+        codes (``vpmaddubsw``; its quantization docs recommend U8U8 there), while its u8 × u8 kernels widen
+        to 16 bits first and are exact on every CPU. The stored values, and the model, are unchanged.
+        """
         if f"{name}.weight_scale" not in self.t:
-            return w
-        zeros = self.const(np.zeros(len(self.t[f"{name}.weight_scale"])), np.int8, f"{name}.weight_zero_point")
-        return self.op("DequantizeLinear", w, self.tensor(f"{name}.weight_scale"), zeros, axis=axis)
+            return self.tensor(f"{name}.weight", (lambda a: np.ascontiguousarray(a.T)) if transpose else None)
+        zp = self.const(np.full(len(self.t[f"{name}.weight_scale"]), 128), np.uint8, f"{name}.weight_zero_point")
+        return self.op("DequantizeLinear", self.codes(name, transpose), self.tensor(f"{name}.weight_scale"), zp,
+                       axis=axis)
 
     # -- layers -------------------------------------------------------------------------------------
     def linear(self, x: str, name: str) -> str:
@@ -94,14 +106,14 @@ class SASRecGraph:
     def lookup(self, ids: str, name: str) -> str:
         """Rows of a table: s_i · q_i, or levels[q_i + 128] · m_i for an offset grid (as Int8Embedding), gathered
         per id; or FP32 rows."""
-        rows = self.op("Gather", self.tensor(f"{name}.weight"), ids)
         if f"{name}.weight_scale" not in self.t:
-            return rows
+            return self.op("Gather", self.tensor(f"{name}.weight"), ids)
+        rows = self.op("Gather", self.codes(name), ids)  # u = q + 128
         per_row = lambda key: self.op("Unsqueeze", self.op("Gather", self.tensor(key), ids), self.ints(-1))
         if f"{name}.weight_levels" not in self.t:
-            return self.op("Mul", self.op("Cast", rows, to=TensorProto.FLOAT), per_row(f"{name}.weight_scale"))
-        index = self.op("Add", self.op("Cast", rows, to=TensorProto.INT64), self.ints(128))
-        unit = self.op("Gather", self.tensor(f"{name}.weight_levels"), index)
+            q = self.op("Sub", self.op("Cast", rows, to=TensorProto.FLOAT), self.const(128.0))
+            return self.op("Mul", q, per_row(f"{name}.weight_scale"))
+        unit = self.op("Gather", self.tensor(f"{name}.weight_levels"), self.op("Cast", rows, to=TensorProto.INT64))
         return self.op("Mul", unit, per_row(f"{name}.weight_magnitude"))
 
     def layer_norm(self, x: str, name: str) -> str:

@@ -1,30 +1,29 @@
-"""Back end (a): PyTorch's own integer kernels on x86 (fbgemm and oneDNN), with the learned scales.
+"""Back end (a): PyTorch's own integer kernels on x86 (oneDNN), with the learned scales.
 
-Every PyTorch quantization call of the package lives in this module, so that moving off the
-deprecated quantized-tensor API is one change here. Activations are uint8 with the learned step s
-and zero point 128 when signed (u = q + 128): u8 × s8 runs on VNNI, while s8 activations fall back to a
-reference kernel (../shared/reference/int8_cpu_paths.md). The kernels, all accumulating in int32:
+Every kernel runs on plain ``uint8`` / ``int8`` tensors (no quantized tensor dtype, no
+``quantize_per_tensor``: both are deprecated since PyTorch 2.13); scales and zero points live here, in
+the modelling code. The kernels, all accumulating in int32:
 
-* block Linears: fbgemm's ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``, which takes
-  FP32 x, quantizes it with the fixed (s, zp), multiplies by int8 weights packed once per output
-  channel and returns s_x · s_w ⊙ Σ (u − zp) q_w + b in FP32. Its fixed cost per call is about half
-  oneDNN's (≈ 13 vs 22 µs here), which decides batch-1 latency; at 50 × 256 rows oneDNN is ≈ 20 % faster;
-* the scoring head: the int8 item table (one scale per row, the −inf padding bias fused) packed for
-  both libraries: fbgemm up to :data:`SMALL_BATCH` rows (1.5–2.5× faster at batch 1), oneDNN's
-  ``qlinear_pointwise`` above (≈ 1.7× faster at 100 K items and batch 32), fed by
-  ``torch.quantize_per_tensor`` codes viewed as uint8 without a copy;
+* every Linear and the scoring head: oneDNN's ``qlinear_pointwise`` (the x86 kernel behind
+  ``torch.compile``'s int8 lowering) on activation codes u = clamp(round(x / s), lo, hi) + zp (uint8; zp
+  128 for signed inputs), computed with the fake-quant model's own rounding, and int8 weights per output
+  channel packed once; it returns s_x · s_w ⊙ Σ (u − zp) q_w + b in FP32;
 * named points (embed_out, attn_out, ffn_out): x̂ = s · clamp(round(x / s), lo, hi) in float.
 
+**Exact on every x86 CPU.** With VNNI (``vpdpbusd``) the u8 × s8 products are summed in int32. Without it
+(AVX2, AVX-512 before Cascade Lake) the kernels sum *pairs* of products in int16 first (``vpmaddubsw``),
+which saturates when 255 · 128 · 2 > 32767: the integer model then silently disagrees with its twin
+(about half the top-10 lists differ on an AVX2 EPYC). PyTorch's x86 observers avoid this with
+``reduce_range`` (7-bit activations), which would change the learned grid. Here :func:`pair_sums_saturate`
+probes the kernel once; where it saturates, each weight is split as q = 2a + b (a = q >> 1 ∈ [−64, 63],
+b = q & 1), two GEMMs whose pair sums fit in int16, summed in FP32: exact, at twice the GEMM cost.
+
 The model around these kernels is :class:`~sasrec_nb.model.SASRec`'s own code (embedding, attention,
-LayerNorms, residuals in FP32), run through the lastpos path of :mod:`.lastpos`. Both libraries rely on
-VNNI (present here) for exact u8 × s8 sums over the full int8 range; without it fbgemm's pairwise int16
-sums can saturate, which is why PyTorch's own x86 observers use ``reduce_range``.
+LayerNorms, residuals in FP32), run through the lastpos path of :mod:`.lastpos`.
 """
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -35,48 +34,48 @@ from .lastpos import last_hidden, padding_bias
 from .state import Grid, is_quantized, state_bytes
 
 
-#: largest batch for which the head uses fbgemm rather than oneDNN (measured crossover: 1 < B < 8)
-SMALL_BATCH = 4
-
-
-@contextmanager
-def quiet() -> Iterator[None]:
-    """Silence PyTorch's deprecation warnings of the quantized-tensor API (stderr breaks notebooks)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"(?s).*deprecat")
-        yield
-
-
 def on_grid(x: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """x̂ = s · clamp(round(x / s), lo, hi), computed as the fake-quant model computes it.
-
-    PyTorch's quantize kernels multiply by 1/s instead of dividing by s, which rounds the other way on
-    exact half-steps and within a float ulp of them; the embedding output (table codes × scales) lands
-    on half-steps often, and on ml-100k this alone changed 3 % of the top-10 lists. Every integer kernel
-    here is therefore fed x̂, whose codes any rounding of x̂ · (1/s) recovers exactly.
-    """
+    """x̂ = s · clamp(round(x / s), lo, hi), computed as the fake-quant model computes it."""
     return torch.clamp(torch.round(x / grid.scale), grid.lo, grid.hi) * grid.scale
 
 
-def quantize(x: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """x on ``grid`` as a ``quint8`` tensor: u = clamp(round(x/s) + zp, 0, 255), one fused kernel."""
-    return torch.quantize_per_tensor(on_grid(x, grid), grid.scale, grid.zero_point, torch.quint8)
+def codes_u8(x: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """u = clamp(round(x / s), lo, hi) + zp as ``uint8``: the twin's rounding (x / s, half to even), exactly."""
+    return (torch.clamp(torch.round(x / grid.scale), grid.lo, grid.hi) + grid.zero_point).to(torch.uint8)
 
 
-def quantize_u8(x: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """The codes u = q + zp as a plain ``uint8`` tensor (the quantized tensor's storage, not a copy)."""
-    q = quantize(x, grid)
-    return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
+def _gemm(u: torch.Tensor, grid: Grid, packed: torch.Tensor, scale: torch.Tensor, zeros: torch.Tensor,
+          bias: torch.Tensor | None) -> torch.Tensor:
+    """s_x · s_w ⊙ Σ (u − zp) q_w (+ bias) in FP32: oneDNN's u8 × s8 GEMM with int32 accumulation."""
+    return torch.ops.onednn.qlinear_pointwise(u, grid.scale, grid.zero_point, packed, scale, zeros, bias, 1.0, 0,
+                                              torch.float32, "none", [], "")
 
 
-def add_offset_term(y: torch.Tensor, x: torch.Tensor, grid: Grid, offset: torch.Tensor | None) -> torch.Tensor:
+@lru_cache(maxsize=1)
+def pair_sums_saturate() -> bool:
+    """Whether this CPU's u8 × s8 kernel saturates pairwise int16 sums (x86 without VNNI): one probe GEMM
+    of 255 × (−128) over 64 terms, whose exact value is −2,088,960."""
+    u = torch.full((1, 64), 255, dtype=torch.uint8)
+    packed = torch.ops.onednn.qlinear_prepack(torch.full((1, 64), -128, dtype=torch.int8), None)
+    y = _gemm(u, Grid(1.0, 0, 255), packed, torch.ones(1), torch.zeros(1, dtype=torch.long), None)
+    return y.item() != 255 * -128 * 64
+
+
+def weight_parts(codes: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
+    """``[(factor, part)]`` with Σ factor · part = codes: the codes themselves, or 2a + b where pair sums
+    would saturate (see the module docstring)."""
+    if not pair_sums_saturate():
+        return [(1.0, codes)]
+    return [(2.0, codes >> 1), (1.0, codes & 1)]
+
+
+def add_offset_term(y: torch.Tensor, u: torch.Tensor, grid: Grid, offset: torch.Tensor | None) -> torch.Tensor:
     """y + o ⊗ Σ x̂, the exact correction of an offset weight grid (DoReFa; see :func:`.state.weight_codes`).
 
     w = s_w q + o, so x̂ · w = s_w (x̂ · q) + o Σ x̂, with Σ x̂ = s_x Σ (u − zp) from the same codes.
     """
     if offset is None:
         return y
-    u = quantize_u8(x, grid)
     sum_x = (u.sum(-1, dtype=torch.int32) - grid.zero_point * u.shape[-1]).float() * grid.scale
     y.view(-1, y.shape[-1]).addr_(sum_x.reshape(-1), offset)
     return y
@@ -93,51 +92,34 @@ class QDQ(nn.Module):
         return on_grid(x, self.grid)
 
 
-def per_channel_qint8(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The int8 codes as a per-output-channel ``qint8`` tensor (re-quantizing s·q by s returns q exactly)."""
-    zero = torch.zeros(len(scale), dtype=torch.long)
-    return torch.quantize_per_channel(codes.float() * scale[:, None], scale.double(), zero, 0, torch.qint8)
-
-
 class Int8Linear(nn.Module):
-    """y = s_x s_w ⊙ (u − zp) · qᵀ + b [+ o ⊗ Σ x̂]: fbgemm's fused FP32-in, FP32-out int8 Linear."""
+    """y = s_x s_w ⊙ (u − zp) · qᵀ + b [+ o ⊗ Σ x̂]: int8 weights packed for oneDNN, uint8 activation codes."""
 
     def __init__(self, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None,
                  bias: torch.Tensor | None, grid: Grid):
         super().__init__()
         self.grid = grid
-        self.packed = torch.ops.quantized.linear_prepack(per_channel_qint8(codes, scale.float()),
-                                                         None if bias is None else bias.float())
+        self.parts = [(factor, torch.ops.onednn.qlinear_prepack(part.contiguous(), None))
+                      for factor, part in weight_parts(codes)]
+        self.register_buffer("scale", scale.float().contiguous())
+        self.register_buffer("zeros", torch.zeros(codes.shape[0], dtype=torch.long))
+        self.register_buffer("bias", None if bias is None else bias.float().contiguous())
         self.register_buffer("offset", offset)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.grid
-        y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(on_grid(x, g), g.scale, g.zero_point,
-                                                                               self.packed)
-        return add_offset_term(y, x, g, self.offset)
+        u = codes_u8(x.reshape(-1, x.shape[-1]), self.grid)
+        (first, packed), *rest = self.parts
+        y = _gemm(u, self.grid, packed, self.scale, self.zeros, self.bias if first == 1.0 else None)
+        for factor, packed in rest:  # the split weights: y = 2 · (a part) + (b part) + bias
+            y = y.mul_(first).add_(_gemm(u, self.grid, packed, self.scale, self.zeros, self.bias))
+        return add_offset_term(y, u, self.grid, self.offset).view(*x.shape[:-1], -1)
 
 
 class Int8Head(Int8Linear):
-    """Scores = s_x s_i ⊙ (u − zp) · q_iᵀ + bias (−inf on padding) [+ o ⊗ Σ x̂] for hidden states [B, d].
-
-    Batches up to :data:`SMALL_BATCH` use fbgemm's kernel (:class:`Int8Linear`, lower fixed cost), larger
-    ones oneDNN's u8 × s8 GEMM on uint8 codes, which blocks a large table better.
-    """
+    """Scores = s_x s_i ⊙ (u − zp) · q_iᵀ + bias (−inf on padding) [+ o ⊗ Σ x̂] for hidden states [B, d]."""
 
     def __init__(self, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, grid: Grid):
         super().__init__(codes, scale, offset, padding_bias(codes.shape[0]), grid)
-        self.onednn = torch.ops.onednn.qlinear_prepack(codes.contiguous(), None)
-        self.register_buffer("scale", scale.float().contiguous())
-        self.register_buffer("zero_point", torch.zeros(codes.shape[0], dtype=torch.long))
-        self.register_buffer("bias", padding_bias(codes.shape[0]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] <= SMALL_BATCH:
-            return super().forward(x)
-        g = self.grid
-        y = torch.ops.onednn.qlinear_pointwise(quantize_u8(x, g), g.scale, g.zero_point, self.onednn, self.scale,
-                                               self.zero_point, self.bias, 1.0, 0, torch.float32, "none", [], "")
-        return add_offset_term(y, x, g, self.offset)
 
 
 class Int8Embedding(nn.Module):
@@ -196,7 +178,7 @@ def _swap(body: SASRec, state: dict) -> None:
 
 
 class Int8SASRec(nn.Module):
-    """A real int8 SASRec on PyTorch's fbgemm/oneDNN kernels, built from :func:`.state.model_state`.
+    """A real int8 SASRec on PyTorch's oneDNN kernels, built from :func:`.state.model_state`.
 
     ``scores(seqs)`` equals the fake-quant model's ``scores`` up to float rounding, and rare one-code
     differences where x/s lies within float error of a rounding boundary; ``head(hidden)`` is the int8
@@ -206,25 +188,22 @@ class Int8SASRec(nn.Module):
     def __init__(self, state: dict):
         super().__init__()
         self.state = state
-        with quiet():
-            with torch.device("meta"):
-                body = SASRec(**state["config"])
-            _swap(body, state)
-            t = state["tensors"]
-            self.scorer = Int8Head(*_weights(t, "item_emb"), Grid.of(t["head_input.grid"]))
+        with torch.device("meta"):
+            body = SASRec(**state["config"])
+        _swap(body, state)
+        t = state["tensors"]
+        self.scorer = Int8Head(*_weights(t, "item_emb"), Grid.of(t["head_input.grid"]))
         self.body = body.eval()
 
     @torch.no_grad()
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, num_items + 1]`` of hidden states ``[B, d]``: one int8 GEMM against the item table."""
-        with quiet():
-            return self.scorer(hidden)
+        return self.scorer(hidden)
 
     @torch.no_grad()
     def scores(self, seqs: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, num_items + 1]`` of the item after the last position; column 0 is −inf."""
-        with quiet():
-            return self.scorer(last_hidden(self.body, seqs))
+        return self.scorer(last_hidden(self.body, seqs))
 
     forward = scores
 
