@@ -12,11 +12,11 @@ _API = {
     "qat_model": "experiments",
     "calibration_sequences": "loaders", "leave_one_out": "loaders",
     "SASRec": "model",
-    "Popularity": "train", "evaluate": "train", "fit": "train", "load_into": "train", "read_checkpoint": "train",
-    "save_checkpoint": "train",
+    "Popularity": "training", "evaluate": "training", "fit": "training", "load_into": "training",
+    "read_checkpoint": "training", "save_checkpoint": "training",
 }
-_SUBMODULES = ("config", "data", "exercises", "experiments", "int8", "loaders", "metrics", "model", "plots", "quant",
-               "train")
+_SUBMODULES = ("config", "data", "exercises", "experiments", "files", "int8", "loaders", "metrics", "model", "plots",
+               "quant", "report", "trace", "train", "training")
 
 __all__ = sorted(_API)
 

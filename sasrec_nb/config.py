@@ -39,6 +39,17 @@ from pathlib import Path
 import torch
 
 PROFILE_ENV, DATASET_ENV, HOME_ENV = "SASREC_NB_PROFILE", "SASREC_NB_DATASET", "SASREC_NB_HOME"
+#: where cached runs live (default ``<project>/checkpoints``): a second test pass points it at a fresh folder
+CHECKPOINTS_ENV = "SASREC_NB_CHECKPOINTS"
+#: CPU threads for torch (default: torch's own choice); ``1`` reorders float sums the way another CPU does
+THREADS_ENV = "SASREC_NB_THREADS"
+
+#: the values each string setting may take
+CHOICES = {"lr_schedule": ("constant", "cosine"), "loss": ("ce", "bce"), "train_windows": ("last", "all"),
+           "qat_windows": ("last", "all"), "residual": ("paper", "port")}
+#: settings that count something and must be at least 1
+COUNTS = ("embed_dim", "num_heads", "num_blocks", "max_len", "batch_size", "epochs", "patience", "eval_every",
+          "qat_epochs", "adaround_iters", "calib_sequences", "eval_batch_size", "num_negatives")
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,27 @@ class Profile:
     eval_batch_size: int = 512
     num_negatives: int = 100
     progress: bool = False     # tqdm bars (off in the quick profile: stable notebook outputs)
+
+    def __post_init__(self) -> None:
+        """Refuse a setting no run could use, before anything loads or trains."""
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"profile {self.name!r}: {name} must be one of {', '.join(map(repr, allowed))}, "
+                                 f"got {getattr(self, name)!r}")
+        for name in COUNTS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"profile {self.name!r}: {name} must be a whole number of at least 1, got {value!r}")
+        for name in ("weight_bits", "act_bits", "embed_bits"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
+                raise ValueError(f"profile {self.name!r}: {name} must be a whole number of bits (1 to 16), "
+                                 f"got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"profile {self.name!r}: dropout must lie in [0, 1), got {self.dropout!r}")
+        for name in ("lr", "qat_lr", "quant_lr", "adaround_lr", "weight_decay", "min_delta"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"profile {self.name!r}: {name} must be ≥ 0, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,17 +174,32 @@ def data_dir() -> Path:
     return project_root() / "data"
 
 
+def checkpoint_root() -> Path:
+    """``$SASREC_NB_CHECKPOINTS``, else ``<project>/checkpoints`` (git-ignored: cached runs, never committed)."""
+    return Path(os.environ[CHECKPOINTS_ENV]).resolve() if os.environ.get(CHECKPOINTS_ENV) \
+        else project_root() / "checkpoints"
+
+
 def checkpoint_dir(profile: Profile) -> Path:
-    return project_root() / "checkpoints" / dataset_slug(profile.dataset) / profile.name
+    from .data import dataset_slug
+
+    return checkpoint_root() / dataset_slug(profile.dataset) / profile.name
 
 
 def results_dir(profile: Profile) -> Path:
+    """Where the results of record live (committed); only ``python -m sasrec_nb.train`` writes there."""
+    from .data import dataset_slug
+
     return project_root() / "results" / dataset_slug(profile.dataset) / profile.name
 
 
-def dataset_slug(dataset: str) -> str:
-    """A folder name for a registry name or a path to a SASRec text file."""
-    return Path(dataset).stem if ("/" in dataset or dataset.endswith(".txt")) else dataset
+def apply_thread_setting() -> None:
+    """``torch.set_num_threads($SASREC_NB_THREADS)`` when the variable is set (the one-thread test pass)."""
+    if os.environ.get(THREADS_ENV):
+        torch.set_num_threads(int(os.environ[THREADS_ENV]))
+
+
+apply_thread_setting()
 
 
 def device() -> torch.device:

@@ -5,7 +5,8 @@ ratings. ``fetch`` uses the file in ``data/<name>/`` when it is there, downloads
 archive otherwise (with `pooch`: a temporary file, moved into the cache only when the hash matches),
 and with no network raises an error that names the file to place and where.
 
-Any text file in the SASRec format (``user item`` per line, chronological per user) loads by path.
+Any text file in the SASRec format (``user item`` per line, chronological per user; an optional third
+column is a timestamp) loads by path, whatever its suffix; its runs get their own folders.
 Every interaction is an implicit positive; ties in time keep file order; users and items with fewer
 than 5 interactions are removed until none is left (the 5-core; the SASRec paper's rule).
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import files
 from .config import data_dir
 
 Interaction = tuple[str, str, int]  # user, item, timestamp (file position where there is none)
@@ -81,8 +83,22 @@ def parse_ml20m(path: Path) -> list[Interaction]:
 
 
 def parse_sasrec_text(path: Path) -> list[Interaction]:
-    """``user item`` per line, already in chronological order per user (file order is time)."""
-    return [(p[0], p[1], lineno) for lineno, p in _split_lines(path, None, 2)]
+    """``user item`` per line in chronological order per user (file order is time), or ``user item timestamp``
+    (ordered by the timestamp; ties keep file order). Every line has the same number of columns."""
+    rows = list(_split_lines(path, None, 2))
+    if not rows:
+        raise DataError(f"{path} holds no interaction: expected 'user item' (or 'user item timestamp') per line")
+    columns = len(rows[0][1])
+    for lineno, p in rows:
+        if len(p) != columns or columns > 3:
+            raise DataError(f"{path}, line {lineno}: {len(p)} columns where the file's first line has {columns}; "
+                            "the SASRec format is 'user item' per line, or 'user item timestamp'")
+    if columns == 3:
+        if not all(p[2].lstrip("-").isdigit() for _, p in rows):
+            bad = next((n, p) for n, p in rows if not p[2].lstrip("-").isdigit())
+            raise DataError(f"{path}, line {bad[0]}: the third column must be an integer timestamp, got {bad[1][2]!r}")
+        return [(p[0], p[1], int(p[2])) for _, p in rows]
+    return [(p[0], p[1], lineno) for lineno, p in rows]
 
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
@@ -115,9 +131,29 @@ def sha256_of(path: Path) -> str:
 
 def _check_member(spec: DatasetSpec, path: Path) -> Path:
     if spec.member_sha256 and sha256_of(path) != spec.member_sha256:
+        if spec.url is None:  # nothing to download it from: never advise deleting the only copy
+            raise DataError(f"{path} does not have the expected sha256 {spec.member_sha256}: the file is corrupt or "
+                            f"not the one this project was built with. It cannot be downloaded; replace it with a "
+                            f"good copy of {spec.filename} (keep this one until you have it).")
         raise DataError(f"{path} does not have the expected sha256 {spec.member_sha256}: the file is corrupt or "
                         f"not the official one. Delete {path.parent} and run again to download it afresh.")
     return path
+
+
+def _extract(spec: DatasetSpec, archive: Path, target: Path) -> None:
+    """Extract ``spec.member`` to ``target`` atomically (zipfile checks its CRC while reading)."""
+    with zipfile.ZipFile(archive) as z:
+        if spec.member not in z.namelist():
+            raise DataError(f"{archive} has no member {spec.member}: delete it and run again")
+        files.write_bytes(target, z.read(spec.member))
+
+
+def _extracted_size(spec: DatasetSpec, archive: Path) -> int | None:
+    """The size ``spec.member`` has inside ``archive`` (None when the archive is not there)."""
+    if not archive.exists():
+        return None
+    with zipfile.ZipFile(archive) as z:
+        return z.getinfo(spec.member).file_size if spec.member in z.namelist() else None
 
 
 def download(spec: DatasetSpec, folder: Path) -> Path:
@@ -146,20 +182,43 @@ def fetch(name: str, root: Path | None = None) -> Path:
     spec = REGISTRY[name]
     folder = (root or data_dir()) / spec.name
     target = folder / spec.filename
+    archive = folder / spec.url.rsplit("/", 1)[-1] if spec.url else None
     if target.exists():
+        expected = _extracted_size(spec, archive) if archive else None
+        if expected is None or target.stat().st_size == expected:
+            return _check_member(spec, target)
+        # a file cut short by an interrupted extraction (older versions wrote in place): extract it again
+        if sha256_of(archive) != spec.sha256:
+            raise DataError(f"{target} is {target.stat().st_size:,} bytes where {archive.name} holds {expected:,}, "
+                            f"and {archive} does not match sha256 {spec.sha256}: delete both and run again")
+        _extract(spec, archive, target)
         return _check_member(spec, target)
     if spec.url is None:
         raise DataError(f"{spec.label or name} cannot be downloaded: place {spec.filename} at {target}")
-    archive = folder / spec.url.rsplit("/", 1)[-1]
     if not archive.exists():
         archive = download(spec, folder)
     elif sha256_of(archive) != spec.sha256:
         raise DataError(f"{archive} does not match sha256 {spec.sha256}: delete it and run again")
-    with zipfile.ZipFile(archive) as z:
-        if spec.member not in z.namelist():
-            raise DataError(f"{archive} has no member {spec.member}: delete it and run again")
-        target.write_bytes(z.read(spec.member))
+    _extract(spec, archive, target)
     return _check_member(spec, target)
+
+
+def is_custom(dataset: str) -> bool:
+    """True for a path to a data file, False for a registered dataset name."""
+    return dataset not in REGISTRY
+
+
+def dataset_slug(dataset: str) -> str:
+    """The folder name of a dataset's checkpoints and results.
+
+    A registered dataset keeps its name. A custom file gets ``file-<stem>-<8 hex digits of its absolute path>``,
+    so that a file named like a built-in one (``ml-100k.txt``), or two files with the same name in different
+    folders, never share (or overwrite) each other's runs.
+    """
+    if not is_custom(dataset):
+        return dataset
+    path = Path(dataset).expanduser().resolve()
+    return f"file-{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
 
 
 @dataclass
@@ -211,14 +270,14 @@ def build_sequences(interactions: list[Interaction], name: str, min_count: int =
 
 @lru_cache(maxsize=4)
 def load_dataset(name: str, min_count: int = 5) -> SequenceData:
-    """A registered dataset by name, or a SASRec-format text file by path."""
-    path = Path(name)
-    if name not in REGISTRY and path.suffix == ".txt":
-        if not path.exists():
-            raise DataError(f"no such file: {path}")
-        return build_sequences(parse_sasrec_text(path), path.stem, min_count)
-    spec = REGISTRY.get(name)
-    return build_sequences((spec.parser if spec else parse_sasrec_text)(fetch(name)), name, min_count)
+    """A registered dataset by name, or a SASRec-format text file by path (any suffix)."""
+    if not is_custom(name):
+        return build_sequences(REGISTRY[name].parser(fetch(name)), name, min_count)
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise DataError(f"no such file: {path}. A dataset is one of {', '.join(REGISTRY)}, or the path of a text "
+                        "file in the SASRec format ('user item' per line, any suffix)")
+    return build_sequences(parse_sasrec_text(path), path.stem, min_count)
 
 
 def synthetic(num_users: int = 500, num_items: int = 200, mean_len: int = 30, seed: int = 0,

@@ -78,6 +78,13 @@ def leave_one_out(data: SequenceData, max_len: int, num_negatives: int = 100, se
     if short:
         raise ValueError(f"{len(short)} users have fewer than 3 interactions (e.g. user index {short[0]}); "
                          "leave-one-out needs 3: filter them first")
+    most_seen = max(len(set(s.tolist())) for s in data.sequences)
+    room = data.num_items - most_seen
+    if room < num_negatives:
+        fewer = f"Use at most {room} negatives (get_profile(num_negatives={room}))" if room else "No item is left"
+        raise ValueError(f"{data.name}: the sampled protocol draws {num_negatives} items a user never interacted with, "
+                         f"but one user has seen {most_seen} of the {data.num_items} items. {fewer}, or use a "
+                         "dataset with a larger catalogue")
     rng = np.random.default_rng(seed)
     evals = {}
     for name, cut in (("valid", 2), ("test", 1)):

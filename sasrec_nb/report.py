@@ -1,12 +1,16 @@
-"""Reading the committed results JSON (``results/<dataset>/<profile>/*.json``) into tables."""
+"""Tables: the committed results JSON (``results/<dataset>/<profile>/*.json``) and live paired comparisons."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
+from torch import nn
 
+from . import metrics
 from .config import Profile, results_dir
+from .files import read_json
+from .loaders import Split
+from .training import evaluate
 
 METHOD_ORDER = ("fp32", "ste", "lsq", "pact", "dorefa", "apot", "adaround")
 
@@ -16,7 +20,7 @@ def load_results(profile: Profile, folder: Path | None = None) -> pd.DataFrame:
     folder = folder or results_dir(profile)
     rows = []
     for path in sorted(folder.glob("*.json")):
-        r = json.loads(path.read_text())
+        r = read_json(path)
         if "test" not in r:
             continue
         row = {
@@ -58,3 +62,18 @@ def markdown_table(df: pd.DataFrame) -> str:
             cells.append(str(v))
         lines.append("| " + " | ".join([run] + cells) + " |")
     return "\n".join(lines)
+
+
+def paired_table(models: dict[str, nn.Module], baseline: nn.Module, split: Split, batch_size: int = 512):
+    """Test NDCG@10 of each model against the baseline on the same users: mean difference and its
+    paired 95 % confidence interval, for both protocols (a pandas DataFrame)."""
+    base = evaluate(baseline, split.test, batch_size, per_user=True)["per_user_ndcg@10"]
+    rows = {}
+    for name, m in models.items():
+        mine = evaluate(m, split.test, batch_size, per_user=True)["per_user_ndcg@10"]
+        for p in metrics.PROTOCOLS:
+            d = metrics.paired_difference(base[p], mine[p])
+            rows[(name, p)] = {"NDCG@10": mine[p].mean().item(), "FP32": base[p].mean().item(),
+                               "difference": d["mean"], "95% CI low": d["ci95_low"], "95% CI high": d["ci95_high"],
+                               "% of FP32": 100 * mine[p].mean().item() / base[p].mean().item()}
+    return pd.DataFrame(rows).T.round(4)

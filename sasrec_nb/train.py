@@ -1,239 +1,148 @@
-"""Training, evaluation and checkpoints.
+"""``python -m sasrec_nb.train``: the command that makes the results of record.
 
-``fit`` trains with Adam (Kingma & Ba 2015; the SASRec paper's optimizer) and stops early on the
-validation NDCG@10 under full ranking, keeping the best weights. The loss is either the full softmax
-cross-entropy over all items at every position (``ce``, default) or the paper's binary cross-entropy
-with one sampled negative per position (``bce``, Kang & McAuley 2018 eq. 10).
+It trains (or loads from the cache) the FP32 model and the QAT / AdaRound runs asked for, and writes one
+``results/<dataset>/<profile>/<run>.json`` per run (DESIGN §6): test metrics under both protocols, the
+paired difference to FP32, size, cost and the command. Nothing else writes there, so executing the
+notebooks leaves every tracked file as it was. Every argument is checked before anything loads or trains.
 """
 from __future__ import annotations
 
-import json
-import math
+import argparse
+import os
+import platform
+import sys
 import time
-from collections.abc import Iterable
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from . import metrics
-from .config import Profile
-from .loaders import EvalSet, Split, train_loader
-from .losses import softmax_cross_entropy
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
+from . import experiments, files, metrics
+from .config import PROFILES, Profile, changed_settings, get_profile, results_dir, run_fields
+from .experiments import adaround_model, dataset_label, fp32_model, qat_model, run_name, shown
+from .loaders import Split
+from .quant import METHODS
+from .quant.export import model_bytes
+from .training import evaluate
 
 
-def sequence_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: str = "ce",
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Mean next-item loss over the labelled positions (target != 0)."""
-    hidden = model(inputs)
-    labelled = targets > 0
-    h, t = hidden[labelled], targets[labelled]
-    if loss == "ce":
-        return softmax_cross_entropy(model.head_input(h), model.item_table()[1:], t - 1)  # = CE of model.logits(h)
-    if loss == "bce":
-        neg = torch.randint(1, model.num_items + 1, t.shape, generator=generator).to(t.device)
-        seen = (neg[:, None] == inputs[labelled.nonzero()[:, 0]]).any(1) | (neg == t)
-        while seen.any():  # the reference draws negatives the user has not interacted with
-            neg[seen] = torch.randint(1, model.num_items + 1, (int(seen.sum()),), generator=generator).to(t.device)
-            seen = (neg[:, None] == inputs[labelled.nonzero()[:, 0]]).any(1) | (neg == t)
-        table = model.item_table()
-        pos_logit = (model.head_input(h) * table[t]).sum(-1)
-        neg_logit = (model.head_input(h) * table[neg]).sum(-1)
-        return F.softplus(-pos_logit).mean() + F.softplus(neg_logit).mean()
-    raise ValueError(f"loss must be 'ce' or 'bce', got {loss!r}")
+def command_line() -> str:
+    """How this run was started, without machine paths."""
+    return "python -m sasrec_nb.train " + " ".join(sys.argv[1:])
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, split: EvalSet, batch_size: int = 512, per_user: bool = False) -> dict:
-    """Metrics under both protocols (``full`` and ``sampled100``) plus the loss of the target.
+def record(profile: Profile, run: str, method: str, weight_bits: int | None, act_bits: int | None,
+           model: nn.Module, split: Split, history: dict, baseline: nn.Module | None = None) -> dict:
+    """The results JSON of a run (DESIGN §6), with paired differences against ``baseline``.
 
-    ``model`` needs ``scores(seqs) -> [B, num_items + 1]``. With ``per_user`` the per-user NDCG@10
-    of each protocol is returned too (for paired comparisons).
+    ``settings`` records the profile fields the run depends on, so a later profile change is detected.
     """
-    was_training = getattr(model, "training", False)
-    if isinstance(model, nn.Module):
-        model.eval()
-    dev = next((p.device for p in model.parameters()), torch.device("cpu")) if isinstance(model, nn.Module) \
-        else torch.device("cpu")
-    ranks = {p: [] for p in metrics.PROTOCOLS}
-    nll = 0.0
-    for start in range(0, len(split), batch_size):
-        sl = slice(start, start + batch_size)
-        scores = model.scores(split.inputs[sl].to(dev)).float().cpu()
-        targets = split.targets[sl]
-        nll += F.cross_entropy(scores[:, 1:], targets - 1, reduction="sum").item()
-        ranks["full"].append(metrics.full_ranks(scores, targets, split.history[sl]))
-        ranks["sampled100"].append(metrics.sampled_ranks(scores, targets, split.negatives[sl]))
-    if isinstance(model, nn.Module):
-        model.train(was_training)
-    out: dict = {"n_users": len(split), "loss": nll / len(split)}
-    for p, r in ranks.items():
-        r = torch.cat(r)
-        out[p] = metrics.summarize(r)
-        if per_user:
-            out.setdefault("per_user_ndcg@10", {})[p] = metrics.ndcg(r, 10)
+    test = evaluate(model, split.test, profile.eval_batch_size, per_user=True)
+    out = {
+        "run": run, "method": method, "weight_bits": weight_bits, "act_bits": act_bits,
+        "settings": {k: getattr(profile, k) for k in run_fields(method)},
+        "embed_bits": profile.embed_bits if method != "fp32" else None,
+        "dataset": dataset_label(profile.dataset), "profile": profile.name,
+        "test": {p: test[p] for p in metrics.PROTOCOLS}, "n_users": test["n_users"],
+        "model_bytes": model_bytes(model),
+        "train_seconds": round(history.get("train_seconds", history.get("seconds", 0.0)), 2),
+        "seconds_per_epoch": round(history.get("seconds_per_epoch", 0.0), 3),
+        "epochs": len(history.get("epochs", [])), "best_epoch": history.get("best_epoch"),
+        "device": str(next(model.parameters()).device), "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "command": command_line(),
+    }
+    if baseline is not None:
+        base = evaluate(baseline, split.test, profile.eval_batch_size, per_user=True)
+        out["vs_fp32"] = {}
+        for p in metrics.PROTOCOLS:
+            a, b = base["per_user_ndcg@10"][p], test["per_user_ndcg@10"][p]
+            out["vs_fp32"][p] = {"fp32_ndcg@10": a.mean().item(), "ratio": b.mean().item() / a.mean().item(),
+                                 "diff_ndcg@10": metrics.paired_difference(a, b)}
     return out
 
 
-class Popularity(nn.Module):
-    """The popularity baseline: every user gets the items ranked by their training count."""
-
-    def __init__(self, counts: torch.Tensor):
-        super().__init__()
-        self.register_buffer("counts", counts.float())
-
-    def scores(self, seqs: torch.Tensor) -> torch.Tensor:
-        s = self.counts.expand(len(seqs), -1).clone()
-        s[:, 0] = float("-inf")
-        return s
-
-
-def lr_schedule(optimizer: torch.optim.Optimizer, kind: str, total_steps: int):
-    """``constant``, or ``cosine``: the learning rate decays from its value to 0 over the run
-    (Loshchilov & Hutter 2017, without restarts), which steadies the last epochs."""
-    if kind == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    if kind == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1))))
-    raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {kind!r}")
+def stale_result(path, profile: Profile, method: str) -> str | None:
+    """Why the results file at ``path`` does not belong to the profile as it is now (None when it does)."""
+    saved = files.read_json(path).get("settings")
+    if saved is None:
+        return f"{shown(path)} does not record the settings it was produced with (an older version wrote it)"
+    changed = changed_settings(saved, profile, run_fields(method))
+    if changed:
+        return (f"{shown(path)} was produced with other settings than the {profile.name!r} profile has now:\n  "
+                + "\n  ".join(changed))
+    return None
 
 
-def fit(
-    model: nn.Module,
-    split: Split,
-    profile: Profile,
-    *,
-    epochs: int | None = None,
-    lr: float | None = None,
-    param_groups: list[dict] | None = None,
-    patience: int | None = None,
-    eval_every: int | None = None,
-    progress: bool | None = None,
-    schedule: str | None = None,
-    windows: str | None = None,
-    on_epoch=None,
-) -> dict:
-    """Train ``model`` on ``split.train``; returns the history and leaves the best weights loaded.
-
-    ``param_groups`` (e.g. from :func:`sasrec_nb.quant.param_groups`) replace the single group, so QAT
-    can give quantizer parameters their own learning rate; ``schedule`` and ``windows`` override the
-    profile's (QAT fine-tunes with a cosine decay, on ``profile.qat_windows``). ``on_epoch(epoch, model)``
-    is called after every epoch (QAT notebooks record scales there).
-    """
-    epochs = profile.epochs if epochs is None else epochs
-    patience = profile.patience if patience is None else patience
-    eval_every = profile.eval_every if eval_every is None else eval_every
-    progress = profile.progress if progress is None else progress
-    dev = next(model.parameters()).device
-    seed_everything(profile.seed)
-    loader = train_loader(split, profile.batch_size, profile.seed, windows or profile.train_windows)
-    groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    optimizer = torch.optim.Adam(groups, lr=profile.lr if lr is None else lr, betas=(0.9, 0.98),
-                                 weight_decay=profile.weight_decay)
-    scheduler = lr_schedule(optimizer, schedule or profile.lr_schedule, epochs * len(loader))
-    gen = torch.Generator().manual_seed(profile.seed)
-    history: dict = {"epochs": [], "best_epoch": None, "stopped_early": False}
-    best, best_state, bad = -math.inf, None, 0
-    started = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        model.train()
-        t0, total, steps = time.perf_counter(), 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress)
-        for inputs, targets in bar:
-            loss = sequence_loss(model, inputs.to(dev), targets.to(dev), profile.loss, gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total, steps = total + loss.item(), steps + 1
-        row = {"epoch": epoch, "train_loss": total / max(steps, 1), "seconds": time.perf_counter() - t0}
-        if epoch % eval_every == 0 or epoch == epochs:
-            valid = evaluate(model, split.valid, profile.eval_batch_size)
-            row.update(valid_loss=valid["loss"], **{k: v for k, v in valid["full"].items()},
-                       sampled100_ndcg10=valid["sampled100"]["ndcg@10"])
-            if valid["full"]["ndcg@10"] > best + profile.min_delta:
-                best, bad, history["best_epoch"] = valid["full"]["ndcg@10"], 0, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-            if progress:
-                tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.4f} · valid NDCG@10 {row['ndcg@10']:.4f} "
-                           f"(full), {row['sampled100_ndcg10']:.4f} (sampled100)")
-        history["epochs"].append(row)
-        if on_epoch is not None:
-            on_epoch(epoch, model)
-        if bad >= patience:
-            history["stopped_early"] = True
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    history["train_seconds"] = time.perf_counter() - started
-    history["seconds_per_epoch"] = sum(r["seconds"] for r in history["epochs"]) / len(history["epochs"])
-    return history
+def planned_runs(methods: list[str], bits: list[int], act_bits: int) -> list[tuple[str, int | None, int | None]]:
+    """FP32 first (every run starts from it), then every method at the first bit width, then the next."""
+    runs: list[tuple[str, int | None, int | None]] = [("fp32", None, None)]
+    runs += [(m, b, act_bits) for b in bits for m in methods if m != "fp32"]
+    return runs
 
 
-# -- checkpoints -----------------------------------------------------------------------------------
-def save_checkpoint(path: Path, model: nn.Module, meta: dict | None = None) -> None:
-    """State dict + the model's config (+ quantization config) in one file, loadable with weights_only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "config": dict(model.config),
-                "quant_config": getattr(model, "quant_config", None), "meta": meta or {}}, path)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m sasrec_nb.train", description=main.__doc__)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--all", action="store_true", help="FP32 and every method at every --bits")
+    what.add_argument("--method", choices=("fp32",) + METHODS, help="one method (FP32 is trained first if missing)")
+    parser.add_argument("--bits", type=int, nargs="+", default=None, help="weight bit widths (default: 8 4)")
+    parser.add_argument("--act-bits", type=int, default=8)
+    parser.add_argument("--profile", choices=list(PROFILES), default=None, help="default: $SASREC_NB_PROFILE or quick")
+    parser.add_argument("--dataset", default=None, help="a registered dataset or the path of a SASRec text file")
+    parser.add_argument("--force", action="store_true",
+                        help="retrain runs whose results exist (FP32 only with --all or --method fp32: every "
+                             "other run starts from it)")
+    return parser.parse_args(argv)
 
 
-def read_checkpoint(path: Path) -> dict:
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+def main(argv: list[str] | None = None) -> int:
+    """Train FP32 and the QAT methods (or load them from the cache); write the results of record."""
+    args = parse_args(argv)
+    if args.dataset:
+        os.environ["SASREC_NB_DATASET"] = args.dataset
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e}); "
-                           "delete it to rebuild") from e
+        profile = get_profile(args.profile)
+        runs = planned_runs(list(METHODS) if args.all else [args.method], args.bits or [8, 4], args.act_bits)
+        for method, wb, ab in runs:  # every bit width is checked before anything loads or trains
+            if method != "fp32":
+                experiments.resolve_bits(profile, method, wb, ab)
+        experiments.load_split(profile)  # a missing or bad data file fails here, before any training
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"profile {profile.name} · dataset {dataset_label(profile.dataset)} · device {experiments.device()} · "
+          f"{len(runs)} runs", flush=True)
+    for method, wb, ab in runs:
+        name = run_name(method, wb, ab)
+        result = results_dir(profile) / f"{name}.json"
+        force = args.force and (method != "fp32" or args.all or args.method == "fp32")
+        if result.exists() and not force:
+            try:
+                stale = stale_result(result, profile, method)
+            except ValueError as e:  # a corrupt or truncated results file
+                raise SystemExit(f"error: {e}") from None
+            if stale:
+                raise SystemExit(f"{stale}\n  redo it with --force (FP32 is redone only with --all or --method fp32)")
+            print(f"  {name}: results exist ({shown(result)}); --force to redo")
+            continue
+        started = time.perf_counter()
+        files.write_json(result, run_and_record(profile, method, wb, ab, force))
+        print(f"  {name}: done in {time.perf_counter() - started:.0f} s -> {shown(result)}", flush=True)
+    return 0
 
 
-def load_into(model: nn.Module, state: dict, source: str = "checkpoint") -> nn.Module:
-    """Load a state dict, raising an error that lists every missing, unexpected or reshaped tensor."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        lines = [f"the {source} does not fit the model:"]
-        if shapes:
-            lines += ["  shape differs  " + s for s in shapes[:10]]
-        if missing:
-            lines.append(f"  missing in checkpoint ({len(missing)}): {', '.join(missing[:8])}")
-        if unexpected:
-            lines.append(f"  not in model ({len(unexpected)}): {', '.join(unexpected[:8])}")
-        lines.append("  build the model with the checkpoint's config (its 'config' entry), or retrain")
-        raise ValueError("\n".join(lines))
-    model.load_state_dict(state)
-    return model
-
-
-def write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def batches(seqs: torch.Tensor, size: int) -> Iterable[torch.Tensor]:
-    for start in range(0, len(seqs), size):
-        yield seqs[start:start + size]
-
+def run_and_record(profile: Profile, method: str, wb: int | None, ab: int | None, force: bool) -> dict:
+    """The run (trained, or loaded when its checkpoint is cached) and its results JSON."""
+    split = experiments.load_split(profile)
+    if method == "fp32":
+        model, history = fp32_model(profile, force=force)
+        return record(profile, "fp32", "fp32", None, None, model, split, history)
+    fp32, _ = fp32_model(profile)
+    if method == "adaround":
+        model, history = adaround_model(profile, wb, ab, force=force)
+    else:
+        model, history = qat_model(profile, method, wb, ab, force=force)
+    return record(profile, run_name(method, wb, ab), method, wb, ab, model, split, history, baseline=fp32)
 
 
 if __name__ == "__main__":
-    import sys
-
-    from .experiments import main
-
     sys.exit(main())

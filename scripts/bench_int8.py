@@ -15,11 +15,12 @@ Speed-ups are FP32 eager time / path time (and ``int8_onnx`` against ``fp32_onnx
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import torch
+
+from sasrec_nb import files
 
 from sasrec_nb.int8 import Int8SASRec, OnnxSASRec, export_onnx, fp32_scorer, model_state, saved_bytes
 from sasrec_nb.int8.bench import machine_info, median_ms, random_seqs, set_threads, synthetic_models, top_k
@@ -96,7 +97,7 @@ def main() -> None:
             report["results"] += rows
             report["sizes"].append(sizes)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    files.write_json(out, report)
     print(f"wrote {out}")
 
 

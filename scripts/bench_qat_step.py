@@ -10,7 +10,6 @@ initial weights suffice: the cost does not depend on them.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -21,12 +20,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sasrec_nb import files  # noqa: E402
+
 from sasrec_nb.config import get_profile  # noqa: E402
 from sasrec_nb.experiments import load_split, new_model  # noqa: E402
 from sasrec_nb.int8.bench import machine_info  # noqa: E402
 from sasrec_nb.loaders import calibration_sequences, train_loader  # noqa: E402
 from sasrec_nb.quant import param_groups, quantize_model  # noqa: E402
-from sasrec_nb.train import sequence_loss  # noqa: E402
+from sasrec_nb.training import sequence_loss  # noqa: E402
 
 METHODS = ("ste", "lsq", "pact", "dorefa", "apot")  # AdaRound has no training step (it is PTQ)
 
@@ -93,7 +94,7 @@ def main(argv: list[str]) -> int:
         "command": "python scripts/bench_qat_step.py " + " ".join(argv),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    files.write_json(Path(args.out), out)
     return 0
 
 

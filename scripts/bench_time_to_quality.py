@@ -11,7 +11,6 @@ clock and reported separately. Writes JSON with the machine, threads and command
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,10 +20,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sasrec_nb import files  # noqa: E402
+
 from sasrec_nb.config import get_profile  # noqa: E402
 from sasrec_nb.experiments import dataset_label, load_split, new_model  # noqa: E402
 from sasrec_nb.int8.bench import machine_info  # noqa: E402
-from sasrec_nb.train import evaluate, fit  # noqa: E402
+from sasrec_nb.training import evaluate, fit  # noqa: E402
 
 REFERENCE = {"sampled100": 0.619, "full": 0.134}
 
@@ -76,7 +77,7 @@ def main(argv: list[str]) -> int:
         "note": "the training clock excludes the per-epoch test evaluation, which only serves this measurement",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    files.write_json(Path(args.out), out)
     print("reached:", reached)
     return 0
 

@@ -17,7 +17,6 @@ range. This probe measures, on the profile's FP32 checkpoint:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,12 +25,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sasrec_nb import files  # noqa: E402
+
 from sasrec_nb.config import get_profile  # noqa: E402
-from sasrec_nb.experiments import abs_range, dataset_label, fp32_model, load_split  # noqa: E402
+from sasrec_nb.experiments import dataset_label, fp32_model, load_split  # noqa: E402
+from sasrec_nb.trace import abs_range  # noqa: E402
 from sasrec_nb.int8.bench import machine_info  # noqa: E402
 from sasrec_nb.loaders import calibration_sequences  # noqa: E402
 from sasrec_nb.quant import calibrate_activations, capture_inputs, quantize_model, quantizers  # noqa: E402
-from sasrec_nb.train import evaluate  # noqa: E402
+from sasrec_nb.training import evaluate  # noqa: E402
 
 BITS = 8
 
@@ -117,7 +119,7 @@ def main(argv: list[str]) -> int:
     }
     path = Path(args.out or ROOT / "results" / "analysis" / f"activation_ranges_{profile.name}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    files.write_json(path, out)
     return 0
 
 

@@ -23,10 +23,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sasrec_nb import files  # noqa: E402
+
 from sasrec_nb.config import get_profile  # noqa: E402
 from sasrec_nb.experiments import load_split, new_model  # noqa: E402
 from sasrec_nb.int8.bench import machine_info  # noqa: E402
-from sasrec_nb.train import evaluate, fit  # noqa: E402
+from sasrec_nb.training import evaluate, fit  # noqa: E402
 
 DEFAULT_SETTINGS = [
     ("profile", "{}"),
@@ -76,7 +78,7 @@ def main(argv: list[str]) -> int:
            "profile": args.profile, "runs": runs, "mean_per_setting": summary,
            "machine": machine_info(args.threads), "command": shlex.join(["python", "scripts/sweep_fp32.py", *argv])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    files.write_json(Path(args.out), out)
     print(json.dumps(summary, indent=2))
     return 0
 

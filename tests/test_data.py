@@ -366,3 +366,66 @@ def test_synthetic_has_planted_successors():
     unstructured = successor_rate(D.synthetic(num_users=300, num_items=60, mean_len=20, seed=0, follow=0.0))
     assert planted > 0.75, planted
     assert unstructured < 0.4, unstructured
+
+
+# -- inputs that must never lose or corrupt data (issue: no input loses data) ------------------------------------
+def test_interrupted_extraction_leaves_no_file_and_a_cut_file_is_extracted_again(tmp_path, monkeypatch):
+    archive = make_zip({"toy/u.data": MEMBER_BYTES})
+    register(monkeypatch, "http://127.0.0.1:9/toy.zip", sha256(archive))  # no member hash: like ml-1m, ml-20m
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    (folder / "toy.zip").write_bytes(archive)
+
+    def interrupted(path, data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(D.files, "write_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        D.fetch("toy", root=tmp_path)
+    monkeypatch.undo()
+    register(monkeypatch, "http://127.0.0.1:9/toy.zip", sha256(archive))
+    assert not (folder / "u.data").exists()
+    # a file an older version left half-written: detected by its size in the archive, extracted again
+    (folder / "u.data").write_bytes(MEMBER_BYTES[: len(MEMBER_BYTES) // 2])
+    assert D.fetch("toy", root=tmp_path).read_bytes() == MEMBER_BYTES
+
+
+def test_the_stand_in_with_a_wrong_hash_is_never_to_be_deleted(tmp_path):
+    spec = D.REGISTRY["ml-1m-sasrec-trunc2"]
+    (tmp_path / spec.name).mkdir()
+    (tmp_path / spec.name / spec.filename).write_text("1 2\n")
+    with pytest.raises(DataError, match="cannot be downloaded; replace it with a good copy") as err:
+        D.fetch(spec.name, root=tmp_path)
+    assert "delete" not in str(err.value).lower()
+
+
+def custom_lines(users: int = 5, items: int = 6) -> list[str]:
+    return [f"{u} {i}" for u in range(1, users + 1) for i in range(1, items + 1)]
+
+
+def test_a_custom_file_needs_no_txt_suffix(tmp_path):
+    path = tmp_path / "interactions.tsv"
+    path.write_text("\n".join(custom_lines()) + "\n")
+    assert D.load_dataset(str(path)).num_interactions == 30
+
+
+def test_a_third_column_is_the_timestamp(tmp_path):
+    path = tmp_path / "timed.txt"
+    # user 1 lists items 1..6 in file order but with decreasing timestamps: time order is 6..1
+    lines = [f"1 {i} {100 - i}" for i in range(1, 7)] + [f"{u} {i} {i}" for u in range(2, 6) for i in range(1, 7)]
+    path.write_text("\n".join(lines) + "\n")
+    data = D.load_dataset(str(path))
+    first = next(s for s in data.sequences if [data.item_ids[i] for i in s][0] == "6")
+    assert [data.item_ids[i] for i in first] == ["6", "5", "4", "3", "2", "1"]
+
+
+@pytest.mark.parametrize("lines,message", [
+    (["1 2 3", "1 3"], "2 columns where the file's first line has 3"),
+    (["1 2 3 4", "1 3 4 5"], "4 columns"),
+    (["1 2 x", "1 3 y"], "third column must be an integer timestamp"),
+])
+def test_inconsistent_or_unknown_columns_are_refused(tmp_path, lines, message):
+    path = tmp_path / "odd.txt"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=message):
+        D.load_dataset(str(path))

@@ -186,7 +186,7 @@ def test_negatives_are_distinct_unseen_and_seeded(data, split, which):
 
 def test_too_few_negatives_raise():
     data = distinct_data([3, 10], num_items=50)
-    with pytest.raises(ValueError, match="fewer than 100 negatives"):
+    with pytest.raises(ValueError, match=r"one user has seen 10 of the 50 items\. Use at most 40 negatives"):
         leave_one_out(data, MAX_LEN, num_negatives=100)
 
 
@@ -203,3 +203,15 @@ def test_train_counts(split):
     assert counts.shape == (split.num_items + 1,)
     assert counts[0] == 0
     assert counts.sum().item() == sum(len(t) for t in split.train)
+
+
+def test_a_catalogue_too_small_for_the_negatives_says_how_to_proceed():
+    from sasrec_nb.data import build_sequences
+
+    data = build_sequences([(u, str(i), t) for u in "abcd" for t, i in enumerate(range(1, 9))], "tiny", min_count=1)
+    with pytest.raises(ValueError, match=r"one user has seen 8 of the 8 items\. No item is left, or use a dataset"):
+        leave_one_out(data, 5, num_negatives=100)
+    few = build_sequences([(u, str(i), t) for u in "abcd" for t, i in enumerate(range(1, 9))]
+                          + [("e", str(i), t) for t, i in enumerate(range(7, 10))], "few", min_count=1)
+    with pytest.raises(ValueError, match=r"Use at most 1 negatives \(get_profile\(num_negatives=1\)\)"):
+        leave_one_out(few, 5, num_negatives=100)

@@ -1,13 +1,14 @@
 """The shared core, the STE baseline and LSQ: reference cases (qat_methods.md §1-2) and PyTorch's kernels."""
 import math
+from contextlib import contextmanager
 
 import pytest
 import torch
 from torch import nn
 
 from sasrec_nb.model import SASRec
-from sasrec_nb.quant import (METHODS, QuantEmbedding, QuantLinear, grad_scale, make_quantizer, param_groups,
-                             quantize_model, quantizers, round_ste)
+from sasrec_nb.quant import (METHODS, QuantEmbedding, QuantLinear, calibrate_activations, grad_scale, make_quantizer,
+                             param_groups, quantize_model, quantizers, round_ste)
 from sasrec_nb.quant.export import model_bytes
 
 X = [-1.2, -0.3, 0.05, 0.26, 0.9, 2.0]
@@ -190,17 +191,100 @@ def test_param_groups_separate_quantizer_parameters():
 
 
 def test_calibration_initialises_every_activation_point_with_the_true_max():
+    """Each abs-max grid spans exactly the largest |x| its point received on the calibration batch."""
+    torch.manual_seed(0)
     model = SASRec(30, 16, 2, 1, 8).eval()
-    qmodel = quantize_model(model, "ste", 8, 8, calibration=[torch.randint(0, 31, (64, 8))])
-    for name, q in quantizers(qmodel, "act").items():
+    batch = torch.randint(1, 31, (64, 8))
+    qmodel = quantize_model(model, "ste", 8, 8, calibration=[batch])
+    acts = quantizers(qmodel, "act")
+    for q in acts.values():
+        q.enabled = False  # what calibration saw: activation quantizers pass x through, weights stay quantized
+    with torch.no_grad(), capture_all_inputs(acts) as seen:
+        qmodel.logits(qmodel(batch))
+    for name, q in acts.items():
         assert bool(q.initialized), name
-    seen = {}
-    h = qmodel.head_input.register_forward_hook(lambda m, i, o: seen.setdefault("x", i[0]))
-    qmodel.head_input.enabled = False
-    with torch.no_grad():
-        qmodel.logits(qmodel(torch.randint(0, 31, (64, 8))))
-    h.remove()
-    assert qmodel.head_input.scale.item() > 0
+        true_max = torch.cat([x.flatten() for x in seen[name]]).abs().max()
+        assert q.scale.item() == pytest.approx(true_max.item() / q.qrange[1], rel=1e-6), name
+
+
+@contextmanager
+def capture_all_inputs(modules):
+    seen = {n: [] for n in modules}
+    handles = [m.register_forward_hook(lambda mod, i, o, n=n: seen[n].append(i[0].detach()))
+               for n, m in modules.items()]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("batches", [[], [torch.zeros(4, 8, dtype=torch.long)]], ids=["none", "only-padding"])
+def test_calibration_without_items_is_refused(batches):
+    qmodel = quantize_model(SASRec(30, 16, 2, 1, 8), "ste")
+    with pytest.raises(ValueError, match="at least one item"):
+        calibrate_activations(qmodel, batches)
+    assert not any(q.calibrating or q._seen for q in quantizers(qmodel, "act").values())
+
+
+def test_lsq_step_is_clamped_in_the_forward():
+    """A step of 0 gives no NaN; a negative step behaves as the smallest positive one, and export agrees."""
+    x = torch.tensor(X)
+    for step in (0.0, -0.25):
+        q = fixed("lsq", 3, step)
+        y = q(x)
+        assert torch.isfinite(y).all()
+        assert torch.equal(y, fixed("lsq", 3, 1e-30)(x))
+        assert torch.equal(q.export(x).dequantize(), y)
+
+
+def test_lsq_activation_gradient_scale_uses_the_features_of_one_example():
+    """g = 1/sqrt(N·Q_P) with N = x[0].numel() for activations; N = the whole batch, or g = 1, must fail."""
+    torch.manual_seed(2)
+    x = torch.randn(4, 3, 5) * 2
+    band = ((x / 0.3 > 7) & (x / 0.3 < 7.5)) | ((x / 0.3 < -8) & (x / 0.3 > -8.5))
+    x[band] = 0.0  # torch's kernel rounds then clamps, LSQ clamps then rounds: they differ only in this band
+    assert (x / 0.3 > 7.5).any() and (x / 0.3 < -8.5).any()  # clipped values on both sides
+    q = make_quantizer("lsq", "act", 4)
+    q.step.data.fill_(0.3)
+    q.initialized.fill_(True)
+    q(x).sum().backward()
+    s = torch.tensor([0.3], requires_grad=True)
+    torch._fake_quantize_learnable_per_tensor_affine(x, s, torch.tensor([0.0]), -8, 7, 1 / math.sqrt(15 * 7)).sum() \
+        .backward()
+    assert q.step.grad.item() == pytest.approx(s.grad.item(), rel=1e-5)
+    ungscaled = torch.tensor([0.3], requires_grad=True)
+    torch._fake_quantize_learnable_per_tensor_affine(x, ungscaled, torch.tensor([0.0]), -8, 7, 1.0).sum().backward()
+    assert q.step.grad.item() == pytest.approx(ungscaled.grad.item() / math.sqrt(15 * 7), rel=1e-5)
+    assert q.step.grad.item() != pytest.approx(ungscaled.grad.item() / math.sqrt(60 * 7), rel=1e-2)
+
+
+def test_quantizing_a_quantized_model_is_refused():
+    qmodel = quantize_model(SASRec(30, 16, 2, 1, 8), "lsq")
+    with pytest.raises(ValueError, match=r"already quantized \(lsq\)"):
+        quantize_model(qmodel, "pact")
+
+
+@pytest.mark.parametrize("call", [
+    lambda: quantize_model(SASRec(30, 16, 2, 1, 8), "dorefa", dorefa_act_rnage=3.0),
+    lambda: make_quantizer("dorefa", "act", 8, dorefa_act_rnage=3.0),
+])
+def test_a_misspelt_option_is_an_error_naming_the_valid_ones(call):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) 'dorefa_act_rnage' for 'dorefa'; its options are "
+                                         r"dorefa_act_range, dorefa_latent_start, dorefa_rescale"):
+        call()
+
+
+def test_options_reach_the_role_that_takes_them():
+    qmodel = quantize_model(SASRec(30, 16, 2, 1, 8), "pact", pact_alpha_decay=1e-3, dorefa_rescale=False)
+    assert qmodel.embed_out.param_weight_decay == 1e-3
+    assert qmodel.blocks[0].attn.q.weight_quantizer.rescale is False
+
+
+@pytest.mark.parametrize("bits", [True, 8.0, "8"])
+def test_bits_must_be_a_whole_number(bits):
+    with pytest.raises(ValueError, match="a whole number"):
+        make_quantizer("lsq", "weight", bits)
 
 
 def test_model_bytes_shrink_with_bits():

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import sasrec_nb.train as T
+import sasrec_nb.training as T
 from sasrec_nb.config import get_profile
 from sasrec_nb.data import synthetic
 from sasrec_nb.loaders import leave_one_out
@@ -256,3 +256,47 @@ def test_corrupt_checkpoint_says_delete(tmp_path, split, content):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError):
         T.read_checkpoint(tmp_path / "absent.pt")
+
+
+def test_a_plain_state_dict_is_refused_with_what_was_expected(tmp_path, split):
+    path = tmp_path / "weights.pt"
+    torch.save(new_model(split).state_dict(), path)
+    with pytest.raises(RuntimeError, match=r"expected a dict with state_dict, config, quant_config, meta(.|\n)*"
+                                           r"load_into"):
+        T.read_checkpoint(path)
+
+
+def test_an_interrupted_save_leaves_the_old_checkpoint(tmp_path, split, monkeypatch):
+    path = tmp_path / "model.pt"
+    T.save_checkpoint(path, new_model(split))
+    before = path.read_bytes()
+
+    def interrupted(obj, f, *a, **k):
+        open(f, "wb").write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        T.save_checkpoint(path, new_model(split))
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"epochs": 0}, "epochs must be a whole number of at least 1"),
+    ({"eval_every": 0}, "eval_every must be a whole number of at least 1"),
+    ({"train_windows": "lats"}, "train_windows must be one of 'last', 'all'"),
+    ({"weight_bits": True}, "weight_bits must be a whole number of bits"),
+    ({"dropout": 1.0}, r"dropout must lie in \[0, 1\)"),
+])
+def test_a_profile_no_run_could_use_is_refused(override, message):
+    with pytest.raises(ValueError, match=message):
+        get_profile("quick", **override)
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"epochs": 0}, "epochs must be"), ({"eval_every": 0}, "eval_every must be"),
+    ({"windows": "lats"}, "windows must be one of"), ({"schedule": "cos"}, "schedule must be one of"),
+])
+def test_fit_refuses_bad_overrides_before_training(split, override, message):
+    with pytest.raises(ValueError, match=message):
+        T.fit(new_model(split), split, PROFILE, **override)

@@ -167,11 +167,11 @@ class FixedQuantizer(STEQuantizer):
 
 
 def weight_quantizer(bits: int, axis: int | None = None, channels: int | None = None,
-                     adaround_grid: str = "mse", **_) -> AdaRoundQuantizer:
+                     adaround_grid: str = "mse") -> AdaRoundQuantizer:
     return AdaRoundQuantizer(bits, axis=axis, channels=channels, grid=adaround_grid)
 
 
-def act_quantizer(bits: int, signed: bool = True, **_) -> FixedQuantizer:
+def act_quantizer(bits: int, signed: bool = True) -> FixedQuantizer:
     return FixedQuantizer(bits, signed=signed)
 
 

@@ -232,7 +232,7 @@ def calibrate(model: nn.Module, seqs: torch.Tensor, weight_bits: int = 4, act_bi
 def from_state(model: nn.Module, state: dict, weight_bits: int, act_bits: int, embed_bits: int,
                grid: str = "mse") -> nn.Module:
     """Rebuild a calibrated AdaRound model from its saved state dict (hard rounding, frozen grids)."""
-    from ..train import load_into
+    from ..training import load_into
 
     qmodel = quantize_model(model, "adaround", weight_bits, act_bits, embed_bits, adaround_grid=grid)
     for q in quantizers(qmodel).values():

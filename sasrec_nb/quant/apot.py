@@ -235,11 +235,11 @@ class APoTQuantizer(Quantizer):
 
 
 def weight_quantizer(bits: int, axis: int | None = None, channels: int | None = None,
-                     apot_normalize: bool = True, **_) -> APoTQuantizer:
+                     apot_normalize: bool = True) -> APoTQuantizer:
     return APoTQuantizer(bits, signed=True, axis=axis, channels=channels, normalize=apot_normalize)
 
 
-def act_quantizer(bits: int, signed: bool = True, **_) -> APoTQuantizer:
+def act_quantizer(bits: int, signed: bool = True) -> APoTQuantizer:
     return APoTQuantizer(bits, signed=signed)
 
 

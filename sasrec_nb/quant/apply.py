@@ -8,6 +8,7 @@ quantizer is shared with the scoring head, ``head_weight``) and fills the model'
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Iterable
 from contextlib import contextmanager
 from importlib import import_module
@@ -31,14 +32,44 @@ def method_module(method: str):
     return import_module(f"sasrec_nb.quant.{method}")
 
 
+#: arguments every factory takes from quantize_model itself (not method options)
+_PLACEMENT = {"bits", "axis", "channels", "signed"}
+
+
+def method_options(method: str) -> dict[str, tuple[str, ...]]:
+    """The options of ``method``'s factories, by role: ``{"weight": (...), "act": (...)}``."""
+    module = method_module(method)
+    return {role: tuple(n for n in inspect.signature(getattr(module, f"{role}_quantizer")).parameters
+                        if n not in _PLACEMENT)
+            for role in ("weight", "act")}
+
+
+def _options_for(method: str, role: str, options: dict) -> dict:
+    """The options ``role``'s factory takes; an error naming the valid ones if any option is unknown."""
+    valid = method_options(method)
+    known = set(valid["weight"]) | set(valid["act"])
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for {method!r}; its options are "
+                         f"{', '.join(sorted(known)) or 'none'}")
+    return {k: v for k, v in options.items() if k in valid[role]}
+
+
 def make_quantizer(method: str, role: str, bits: int, **options) -> Quantizer:
     """One quantizer of ``method`` for ``role`` "weight" (options: axis, channels) or "act" (signed)."""
     module = method_module(method)
-    if role == "weight":
-        return module.weight_quantizer(bits, **options)
-    if role == "act":
-        return module.act_quantizer(bits, **options)
-    raise ValueError(f"role must be 'weight' or 'act', got {role!r}")
+    if role not in ("weight", "act"):
+        raise ValueError(f"role must be 'weight' or 'act', got {role!r}")
+    placement = {k: options.pop(k) for k in list(options) if k in _PLACEMENT}
+    return getattr(module, f"{role}_quantizer")(bits, **placement, **_options_for(method, role, options))
+
+
+def check_bits(method: str, weight_bits: int, act_bits: int, embed_bits: int, **options) -> None:
+    """Raise the quantizer's own error if ``method`` cannot build one of these bit widths (or options), before
+    anything is loaded or trained: one quantizer of each kind is built and thrown away."""
+    make_quantizer(method, "weight", weight_bits, axis=0, channels=1, **options)
+    make_quantizer(method, "weight", embed_bits, axis=0, channels=1, **options)
+    make_quantizer(method, "act", act_bits, **options)
 
 
 def quantize_model(
@@ -58,22 +89,28 @@ def quantize_model(
     quantizer's :meth:`~sasrec_nb.quant.core.Quantizer.latent_from` (the weight itself except under DoReFa's
     transform), so that QAT starts from the trained model up to rounding.
     """
+    if any(isinstance(m, Quantizer) for m in model.modules()) or getattr(model, "quant_config", None):
+        done = getattr(model, "quant_config", None) or {}
+        raise ValueError(f"the model is already quantized ({done.get('method', 'quantizers found')}); quantize the "
+                         "FP32 model instead (e.g. snb.fp32_model(profile)[0])")
+    check_bits(method, weight_bits, act_bits, embed_bits, **options)
+    w_opts, a_opts = _options_for(method, "weight", options), _options_for(method, "act", options)
     module = method_module(method)
     qmodel = copy.deepcopy(model)
     for name, child in list(qmodel.named_modules()):
         for attr, sub in list(child.named_children()):
             full = f"{name}.{attr}" if name else attr
-            if isinstance(sub, nn.Linear) and not isinstance(sub, QuantLinear):
-                wq = module.weight_quantizer(weight_bits, axis=0, channels=sub.out_features, **options)
-                aq = module.act_quantizer(act_bits, signed=not full.endswith(POST_RELU), **options)
+            if isinstance(sub, nn.Linear):
+                wq = module.weight_quantizer(weight_bits, axis=0, channels=sub.out_features, **w_opts)
+                aq = module.act_quantizer(act_bits, signed=not full.endswith(POST_RELU), **a_opts)
                 start_from(sub.weight, wq)
                 setattr(child, attr, QuantLinear(sub, wq, aq))
-            elif isinstance(sub, nn.Embedding) and not isinstance(sub, QuantEmbedding):
-                wq = module.weight_quantizer(embed_bits, axis=0, channels=sub.num_embeddings, **options)
+            elif isinstance(sub, nn.Embedding):
+                wq = module.weight_quantizer(embed_bits, axis=0, channels=sub.num_embeddings, **w_opts)
                 start_from(sub.weight, wq)
                 setattr(child, attr, QuantEmbedding(sub, wq))
             elif isinstance(sub, nn.Identity) and attr in ACT_POINTS:
-                setattr(child, attr, module.act_quantizer(act_bits, signed=True, **options))
+                setattr(child, attr, module.act_quantizer(act_bits, signed=True, **a_opts))
     if hasattr(qmodel, "head_weight") and isinstance(getattr(qmodel, "item_emb", None), QuantEmbedding):
         qmodel.head_weight = qmodel.item_emb.weight_quantizer
     qmodel.quant_config = dict(method=method, weight_bits=weight_bits, act_bits=act_bits, embed_bits=embed_bits,
@@ -118,13 +155,26 @@ def calibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     for q in acts.values():
         q.start_calibration()
     device = next(model.parameters()).device
-    for seqs in batches:
-        hidden = model(seqs.to(device))
-        if hasattr(model, "logits"):  # reaches head_input, which only the scoring head uses
-            model.logits(hidden)
+    items = 0
+    try:
+        for seqs in batches:
+            items += int((seqs != 0).sum())
+            hidden = model(seqs.to(device))
+            if hasattr(model, "logits"):  # reaches head_input, which only the scoring head uses
+                model.logits(hidden)
+        if items == 0:
+            raise ValueError("calibration needs sequences with at least one item (id > 0); got none, or only "
+                             "padding. Pass batches of item-id sequences, e.g. "
+                             "snb.calibration_sequences(split, 1024).split(256)")
+    except BaseException:
+        for q in acts.values():
+            q.start_calibration()  # forget what was seen, then leave calibration mode
+            q.calibrating = False
+        raise
+    finally:
+        model.train(was_training)
     for q in acts.values():
         q.finish_calibration()
-    model.train(was_training)
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, quant_lr: float = 1e-3) -> list[dict]:

@@ -114,8 +114,8 @@ class Quantizer(nn.Module):
     def __init__(self, bits: int, signed: bool = True, axis: int | None = None, channels: int | None = None):
         super().__init__()
         lo, hi = self.supported_bits
-        if not isinstance(bits, int) or not lo <= bits <= hi:
-            raise ValueError(f"{type(self).__name__} supports {lo} to {hi} bits, got {bits!r}")
+        if isinstance(bits, bool) or not isinstance(bits, int) or not lo <= bits <= hi:
+            raise ValueError(f"{type(self).__name__} supports {lo} to {hi} bits (a whole number), got {bits!r}")
         if (axis is None) != (channels is None):
             raise ValueError("give both axis and channels for a per-channel quantizer, or neither")
         self.bits, self.signed, self.axis, self.channels = bits, signed, axis, channels
@@ -217,9 +217,14 @@ class UniformQuantizer(Quantizer):
         super().__init__(bits, signed, axis, channels)
         self.step = nn.Parameter(torch.ones(self.param_shape()))
 
+    def clamped_step(self) -> torch.Tensor:
+        """The step as every forward uses it, clamped at float eps (a step of 0 or below would divide by zero or
+        flip the clip range); differentiable, so the forward, :attr:`scale` and :meth:`export` agree."""
+        return self.step.clamp_min(EPS)
+
     @property
     def scale(self) -> torch.Tensor:
-        return self.step.detach().clamp_min(EPS)
+        return self.clamped_step().detach()
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         lo, hi = self.qrange

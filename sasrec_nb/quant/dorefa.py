@@ -205,11 +205,11 @@ class DoReFaActQuantizer(Quantizer):
 
 def weight_quantizer(
     bits: int, axis: int | None = None, channels: int | None = None, dorefa_rescale: bool = True,
-    dorefa_latent_start: bool = True, **_
+    dorefa_latent_start: bool = True
 ) -> DoReFaWeightQuantizer:
     return DoReFaWeightQuantizer(bits, axis=axis, channels=channels, rescale=dorefa_rescale,
                                  latent_start=dorefa_latent_start)
 
 
-def act_quantizer(bits: int, signed: bool = True, dorefa_act_range: float | None = None, **_) -> DoReFaActQuantizer:
+def act_quantizer(bits: int, signed: bool = True, dorefa_act_range: float | None = None) -> DoReFaActQuantizer:
     return DoReFaActQuantizer(bits, signed=signed, fixed_range=dorefa_act_range)

@@ -52,13 +52,13 @@ class LSQQuantizer(UniformQuantizer):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         lo, hi = self.qrange
-        s = broadcast(grad_scale(self.step, self.grad_factor(x)), x, self.axis)
+        s = broadcast(grad_scale(self.clamped_step(), self.grad_factor(x)), x, self.axis)
         return round_ste(torch.clamp(x / s, lo, hi)) * s
 
 
-def weight_quantizer(bits: int, axis: int | None = None, channels: int | None = None, **_) -> LSQQuantizer:
+def weight_quantizer(bits: int, axis: int | None = None, channels: int | None = None) -> LSQQuantizer:
     return LSQQuantizer(bits, signed=True, axis=axis, channels=channels, role="weight")
 
 
-def act_quantizer(bits: int, signed: bool = True, **_) -> LSQQuantizer:
+def act_quantizer(bits: int, signed: bool = True) -> LSQQuantizer:
     return LSQQuantizer(bits, signed=signed, role="act")

@@ -104,13 +104,15 @@ class PACTQuantizer(Quantizer):
 
 
 def weight_quantizer(
-    bits: int, axis: int | None = None, channels: int | None = None, **options
+    bits: int, axis: int | None = None, channels: int | None = None, dorefa_rescale: bool = True,
+    dorefa_latent_start: bool = True
 ) -> dorefa.DoReFaWeightQuantizer:
     """PACT's weights are DoReFa's (the paper, and Distiller's PACTQuantizer)."""
-    return dorefa.weight_quantizer(bits, axis=axis, channels=channels, **options)
+    return dorefa.weight_quantizer(bits, axis=axis, channels=channels, dorefa_rescale=dorefa_rescale,
+                                   dorefa_latent_start=dorefa_latent_start)
 
 
 def act_quantizer(
-    bits: int, signed: bool = True, pact_alpha_init: float | None = None, pact_alpha_decay: float = 1e-4, **_
+    bits: int, signed: bool = True, pact_alpha_init: float | None = None, pact_alpha_decay: float = 1e-4
 ) -> PACTQuantizer:
     return PACTQuantizer(bits, signed=signed, alpha_init=pact_alpha_init, alpha_decay=pact_alpha_decay)

@@ -24,13 +24,13 @@ class STEQuantizer(UniformQuantizer):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         lo, hi = self.qrange
-        s = broadcast(self.step.clamp_min(1e-8), x, self.axis)
+        s = broadcast(self.clamped_step(), x, self.axis)
         return torch.clamp(round_ste(x / s), lo, hi) * s
 
 
-def weight_quantizer(bits: int, axis: int | None = None, channels: int | None = None, **_) -> STEQuantizer:
+def weight_quantizer(bits: int, axis: int | None = None, channels: int | None = None) -> STEQuantizer:
     return STEQuantizer(bits, signed=True, axis=axis, channels=channels)
 
 
-def act_quantizer(bits: int, signed: bool = True, **_) -> STEQuantizer:
+def act_quantizer(bits: int, signed: bool = True) -> STEQuantizer:
     return STEQuantizer(bits, signed=signed)

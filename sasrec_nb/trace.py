@@ -1,0 +1,46 @@
+"""What a QAT run records about its quantizers, epoch by epoch, for the notebooks' pictures."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .quant import capture_inputs, quantizers
+
+
+@torch.no_grad()
+def abs_range(x: torch.Tensor, sample: int = 200_000) -> dict[str, float]:
+    """The 99th and 99.9th percentile and the max of |x|; the percentiles on a fixed subsample of ``sample``
+    values when there are more (quantiles of millions of values are slow)."""
+    a = x.abs().flatten().float()
+    top = a.max().item()
+    if len(a) > sample:
+        a = a[torch.randperm(len(a), generator=torch.Generator().manual_seed(0))[:sample]]
+    p99, p999 = a.quantile(torch.tensor([0.99, 0.999], device=a.device)).tolist()  # one sort for both
+    return {"p99": p99, "p999": p999, "max": top}
+
+
+class QuantizerTrace:
+    """Per-epoch record of every quantizer, for the notebooks' pictures.
+
+    ``scales[name]``: the scale or α (mean over channels). ``stats[name]``: on a fixed probe batch, the
+    share of the quantizer's input outside its range, and the 99th / 99.9th percentile and max of |input|.
+    """
+
+    def __init__(self, model: nn.Module, probe: torch.Tensor):
+        self.probe = probe
+        self.scales: dict[str, list[float]] = {n: [] for n in quantizers(model)}
+        self.stats: dict[str, list[dict[str, float]]] = {n: [] for n in quantizers(model)}
+        self(0, model)
+
+    @torch.no_grad()
+    def __call__(self, epoch: int, model: nn.Module) -> None:
+        found = quantizers(model)
+        was_training = model.training
+        model.eval()
+        with capture_inputs(found) as inputs:
+            model.logits(model(self.probe.to(next(model.parameters()).device)))
+        model.train(was_training)
+        for name, q in found.items():
+            self.scales[name].append(q.scale.float().mean().item())
+            x = inputs[name]
+            self.stats[name].append({"clipped": q.clipped_fraction(x), **abs_range(x)})
