@@ -118,6 +118,16 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
             q.initialized.fill_(True)
         load_into(qmodel, ckpt["state_dict"], str(shown(path)))
         return qmodel.eval(), ckpt["meta"].get("history", {})
+    history = train_qat(qmodel, split, profile, calib)
+    save_checkpoint(path, qmodel, {"profile": profile.to_dict(), "history": history})
+    files.write_json(path.with_suffix(".json"), history)
+    return qmodel.eval(), history
+
+
+def train_qat(qmodel: nn.Module, split: Split, profile: Profile, calib) -> dict:
+    """Calibrate the activation grids of a freshly quantized model, then fine-tune it with the task loss
+    (``qat_epochs`` at ``qat_lr``, cosine decay, quantizer parameters in groups of their own); the history holds
+    ``quantizer_scales`` and ``quantizer_stats`` per epoch. The model keeps its best-validation epoch."""
     calibrate_activations(qmodel, calib.split(256))
     trace = QuantizerTrace(qmodel, calib[:128])
     groups = param_groups(qmodel, profile.qat_lr, profile.weight_decay, profile.quant_lr)
@@ -125,9 +135,7 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
                   param_groups=groups, eval_every=1, patience=max(2, profile.patience), schedule="cosine",
                   windows=profile.qat_windows, on_epoch=trace)
     history["quantizer_scales"], history["quantizer_stats"] = trace.scales, trace.stats
-    save_checkpoint(path, qmodel, {"profile": profile.to_dict(), "history": history})
-    files.write_json(path.with_suffix(".json"), history)
-    return qmodel.eval(), history
+    return history
 
 
 def adaround_model(profile: Profile, weight_bits: int | None = None, act_bits: int | None = None,

@@ -2,6 +2,7 @@
 the notebook cell ends with ``plt.show()`` (PNG output, nothing else printed)."""
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -164,6 +165,45 @@ def scale_trajectories(scales: Mapping[str, Sequence[float]], title: str, relati
     return fig
 
 
+def clip_trajectories(history: Mapping, suffix: str = "ffn.fc2.input_quantizer", title: str = ""):
+    """For the quantizers whose name ends with ``suffix``: the clip level (α, or the range a step spans) per epoch
+    against the 99th / 99.9th percentile and the max of its input (real positions), and the share clipped."""
+    stats = history["quantizer_stats"]
+    names = [n for n in stats if n.endswith(suffix)]
+    fig, axes = _fig(10, 3.4, len(names) + 1)
+    for ax, name in zip(axes, names):
+        epochs = np.arange(len(stats[name]))
+        ax.plot(epochs, history["quantizer_scales"][name], "o-", color="k", label="α")
+        for key, style, color in (("p99", ":", PALETTE[2]), ("p999", "--", PALETTE[0]), ("max", "-.", PALETTE[1])):
+            ax.plot(epochs, [s[key] for s in stats[name]], style, color=color, label=key)
+        ax.set(title=name.replace(".input_quantizer", " input"), xlabel="epoch (0: calibration)", yscale="log")
+        ax.legend(fontsize=8)
+    for k, name in enumerate(names):
+        axes[-1].plot([100 * s["clipped"] for s in stats[name]], "o-", color=PALETTE[k], label=name.split(".")[1])
+    axes[-1].set(title="% of values clipped (x ≥ α)", xlabel="epoch (0: calibration)")
+    axes[-1].legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def alpha_sweep(sweep: Mapping, title: str):
+    """A PACT sweep (``scripts/sweep_pact_alpha.py``): α per epoch of each setting, for every ReLU-output point (left),
+    and the share clipped (right); the legend gives each setting's validation NDCG@10."""
+    fig, (a, b) = _fig(10, 3.6, 2)
+    for k, (setting, run) in enumerate(sweep["runs"].items()):
+        label = ", ".join(f"{key.replace('pact_alpha_', '')} {value:g}" for key, value in json.loads(setting).items())
+        for j, point in enumerate(run["relu_points"].values()):
+            style = "o-" if j == 0 else "s--"
+            a.plot(point["alpha"], style, color=PALETTE[k], label=f"{label} (valid {run['valid_ndcg@10']:.3f})"
+                   if j == 0 else None)
+            b.plot([100 * c for c in point["clipped"]], style, color=PALETTE[k])
+    a.set(xlabel="epoch (0: calibration)", ylabel="α", yscale="log", title="α of the FFN ReLU outputs (o block 0, s 1)")
+    b.set(xlabel="epoch (0: calibration)", ylabel="% clipped", title="share of values above α")
+    a.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
 def clipped_fractions(fractions: Mapping[str, float], title: str):
     """Share of each tensor outside its quantizer's range."""
     names = list(fractions)
@@ -237,6 +277,31 @@ def activation_ranges(points: Mapping[str, Mapping], title: str = "activation ra
     ax.set(yticks=y, yticklabels=labels, xscale="log", xlabel="|x| over the calibration sequences", title=title)
     ax.invert_yaxis()
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    return fig
+
+
+def range_rules(choice: Mapping, method: str, title: str):
+    """Where each range rule ends a fixed grid on the heaviest-tailed activation (left: |x| histogram, log axes, with
+    c and the 8-bit step of each rule), and what each rule gives ``method`` on validation (right: % of FP32)."""
+    tail = choice["heaviest_tail"]
+    fig, (a, b) = _fig(10, 3.6, 2)
+    edges = np.array(tail["edges"])
+    a.stairs(np.maximum(tail["counts"], 0.5), edges, fill=True, color=PALETTE[0], alpha=0.5)
+    a.set(xscale="log", yscale="log", xlabel="|x| at real positions", ylabel="count",
+          title=f"{tail['point']}: where each rule puts c")
+    rules = list(choice["range_c"])
+    for k, rule in enumerate(rules):
+        c = choice["range_c"][rule][tail["point"]]
+        a.axvline(c, color=PALETTE[k + 1], lw=2, label=f"{rule}: c = {c:.3g}, step {c / 127:.2g}")
+    a.legend(fontsize=8, loc="lower left")
+    scores = choice["valid_ndcg@10"][method]
+    pct = [100 * scores[r] / choice["fp32_valid_ndcg@10"] for r in rules]
+    bars = b.bar(rules, pct, color=[PALETTE[k + 1] for k in range(len(rules))])
+    b.bar_label(bars, labels=[f"{p:.1f} %" for p in pct])
+    b.axhline(100, color="k", lw=0.8, ls=":")
+    b.set(ylim=(min(pct) - 3, max(max(pct), 100) + 1.5), ylabel="validation NDCG@10, % of FP32",
+          title=f"{method} W8A8 before training (chosen: {choice['chosen'][method]})")
+    fig.suptitle(title)
     return fig
 
 

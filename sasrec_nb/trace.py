@@ -23,11 +23,13 @@ class QuantizerTrace:
     """Per-epoch record of every quantizer, for the notebooks' pictures.
 
     ``scales[name]``: the scale or α (mean over channels). ``stats[name]``: on a fixed probe batch, the
-    share of the quantizer's input outside its range, and the 99th / 99.9th percentile and max of |input|.
+    share of the quantizer's input outside its range, and the 99th / 99.9th percentile and max of |input|;
+    for activations over the real (non-padding) positions only, as calibration sees them.
     """
 
     def __init__(self, model: nn.Module, probe: torch.Tensor):
         self.probe = probe
+        self.acts = set(quantizers(model, "act"))
         self.scales: dict[str, list[float]] = {n: [] for n in quantizers(model)}
         self.stats: dict[str, list[dict[str, float]]] = {n: [] for n in quantizers(model)}
         self(0, model)
@@ -37,10 +39,12 @@ class QuantizerTrace:
         found = quantizers(model)
         was_training = model.training
         model.eval()
+        probe = self.probe.to(next(model.parameters()).device)
         with capture_inputs(found) as inputs:
-            model.logits(model(self.probe.to(next(model.parameters()).device)))
+            model.logits(model(probe))
         model.train(was_training)
+        real = probe != 0
         for name, q in found.items():
             self.scales[name].append(q.scale.float().mean().item())
-            x = inputs[name]
+            x = inputs[name][real] if name in self.acts else inputs[name]
             self.stats[name].append({"clipped": q.clipped_fraction(x), **abs_range(x)})

@@ -105,6 +105,20 @@ def lr_schedule(optimizer: torch.optim.Optimizer, kind: str, total_steps: int):
     raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {kind!r}")
 
 
+def make_optimizers(groups: list[dict], lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
+    """Adam (the SASRec paper's optimizer) for every group, except those marked ``optimizer="sgd"``
+    (PACT's α, see :func:`sasrec_nb.quant.param_groups`), which get SGD with their own momentum."""
+    adam = [g for g in groups if g.get("optimizer", "adam") == "adam"]
+    sgd = [g for g in groups if g.get("optimizer", "adam") == "sgd"]
+    unknown = [g.get("optimizer") for g in groups if g.get("optimizer", "adam") not in ("adam", "sgd")]
+    if unknown:
+        raise ValueError(f"parameter groups name unknown optimizers {unknown}: use 'adam' or 'sgd'")
+    out: list[torch.optim.Optimizer] = [torch.optim.Adam(adam, lr=lr, betas=(0.9, 0.98), weight_decay=weight_decay)]
+    if sgd:
+        out.append(torch.optim.SGD(sgd, lr=lr))
+    return out
+
+
 def fit(
     model: nn.Module,
     split: Split,
@@ -142,9 +156,8 @@ def fit(
     seed_everything(profile.seed)
     loader = train_loader(split, profile.batch_size, profile.seed, windows or profile.train_windows)
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    optimizer = torch.optim.Adam(groups, lr=profile.lr if lr is None else lr, betas=(0.9, 0.98),
-                                 weight_decay=profile.weight_decay)
-    scheduler = lr_schedule(optimizer, schedule or profile.lr_schedule, epochs * len(loader))
+    optimizers = make_optimizers(groups, profile.lr if lr is None else lr, profile.weight_decay)
+    schedulers = [lr_schedule(o, schedule or profile.lr_schedule, epochs * len(loader)) for o in optimizers]
     gen = torch.Generator().manual_seed(profile.seed)
     history: dict = {"epochs": [], "best_epoch": None, "stopped_early": False}
     best, best_state, bad = -math.inf, None, 0
@@ -155,10 +168,12 @@ def fit(
         bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress)
         for inputs, targets in bar:
             loss = sequence_loss(model, inputs.to(dev), targets.to(dev), profile.loss, gen)
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            scheduler.step()
+            for optimizer, scheduler in zip(optimizers, schedulers):
+                optimizer.step()
+                scheduler.step()
             total, steps = total + loss.item(), steps + 1
         row = {"epoch": epoch, "train_loss": total / max(steps, 1), "seconds": time.perf_counter() - t0}
         if epoch % eval_every == 0 or epoch == epochs:

@@ -51,3 +51,29 @@ def test_quantization_figures():
     assert plots.activation_ranges(points).get_figwidth() == 8
     table = plots.quality_table({"q": r}, r)
     assert table.loc["q", "% of FP32 (full NDCG@10)"] == 100.0
+
+
+def test_range_setting_and_clip_figures():
+    choice = {"heaviest_tail": {"point": "p", "edges": [1e-3, 1e-2, 1e-1, 1, 10, 60], "counts": [5, 50, 500, 50, 2]},
+              "range_c": {"absmax": {"p": 60.0}, "percentile": {"p": 8.0}, "mse": {"p": 20.0}},
+              "valid_ndcg@10": {"dorefa": {"absmax": 0.17, "percentile": 0.185, "mse": 0.18}},
+              "fp32_valid_ndcg@10": 0.19, "chosen": {"dorefa": "percentile"}}
+    fig = plots.range_rules(choice, "dorefa", "t")
+    assert fig.get_figwidth() == 10 and len(fig.axes) == 2
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["absmax", "percentile", "mse"]
+    stats = [{"p99": 1.0, "p999": 2.0, "max": 3.0, "clipped": 0.0}, {"p99": 1.0, "p999": 2.0, "max": 3.0, "clipped": 0.01}]
+    history = {"quantizer_scales": {"blocks.0.ffn.fc2.input_quantizer": [3.0, 2.5]},
+               "quantizer_stats": {"blocks.0.ffn.fc2.input_quantizer": stats}}
+    fig = plots.clip_trajectories(history, title="t")
+    assert len(fig.axes) == 2 and fig.axes[0].get_legend() is not None
+
+
+def test_alpha_sweep_figure():
+    point = {"alpha": [3.0, 2.0, 1.5], "p99": [1, 1, 1], "p999": [2, 2, 2], "clipped": [0.0, 0.001, 0.002]}
+    sweep = {"runs": {'{"pact_alpha_lr": 30.0, "pact_alpha_decay": 0.0001}': {"valid_ndcg@10": 0.1,
+                                                                               "relu_points": {"a": point, "b": point}},
+                      '{"pact_alpha_lr": 30.0, "pact_alpha_decay": 0.0}': {"valid_ndcg@10": 0.09,
+                                                                            "relu_points": {"a": point, "b": point}}}}
+    fig = plots.alpha_sweep(sweep, "t")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["lr 30, decay 0.0001 (valid 0.100)", "lr 30, decay 0 (valid 0.090)"]

@@ -188,3 +188,38 @@ def test_nearest_saturates_outside_the_grid(signed):
     u = torch.tensor([-7.0, -1.0001, 1.0001, 7.0])
     want = torch.tensor([-1.0, -1.0, 1.0, 1.0]) if signed else torch.tensor([0.0, 0.0, 1.0, 1.0])
     assert torch.equal(q.nearest(u), want)
+
+
+@pytest.mark.parametrize("B, options", [
+    # the official builder's three terms for B = 5 (uneven: 4, 4 and 2 options) and B = 6 (4 options each)
+    (5, [(0, 2**-1, 2**-3, 2**-6), (0, 2**-2, 2**-4, 2**-7), (0, 2**-5)]),
+    (6, [(0, 2**-1, 2**-4, 2**-7), (0, 2**-2, 2**-5, 2**-8), (0, 2**-3, 2**-6, 2**-9)]),
+])
+def test_five_and_six_bit_level_values(B, options):
+    sums = sorted({a + b + c for a in options[0] for b in options[1] for c in options[2]})
+    expected = torch.tensor(sums, dtype=torch.float64) / max(sums)
+    assert torch.allclose(apot_levels(B).double(), expected, atol=1e-7, rtol=0)
+    if B == 6:  # hand-checkable ends: the largest sum is 1/2 + 1/4 + 1/8, the smallest non-zero 2^-9
+        assert max(sums) == 7 / 8 and apot_levels(6)[1].item() == pytest.approx((2**-9) / (7 / 8))
+
+
+def test_gradient_flows_through_the_weight_normalisation():
+    """With normalisation the weight gradient is autograd's through μ and σ (ImageNet code: both differentiable),
+    around the straight-through projection; it differs from the plain straight-through mask."""
+    torch.manual_seed(3)
+    w = (torch.randn(4, 16) * 0.1).requires_grad_()
+    q = make_quantizer("apot", "weight", 4, axis=0, channels=4)
+    q.init_from(w.detach())
+    q.initialized.fill_(True)
+    upstream = torch.randn(4, 16)
+    (q(w) * upstream).sum().backward()
+
+    w2 = w.detach().clone().requires_grad_()
+    mu, sigma = w2.mean(1, keepdim=True), w2.std(1, keepdim=True)
+    u = ((w2 - mu) / sigma / 3.0).clamp(-1, 1)
+    mag = apot_levels(3)
+    projected = mag[(u.detach().abs().unsqueeze(-1) - mag).abs().argmin(-1)] * u.detach().sign()
+    y2 = sigma * 3.0 * (u + (projected - u).detach()) + mu  # straight through the projection only
+    (y2 * upstream).sum().backward()
+    assert torch.allclose(w.grad, w2.grad, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(w.grad, upstream * (u.abs() < 1).float(), atol=1e-3)

@@ -190,21 +190,55 @@ def test_param_groups_separate_quantizer_parameters():
     assert len(weights["params"]) + len(scale_groups) == n_params
 
 
-def test_calibration_initialises_every_activation_point_with_the_true_max():
-    """Each abs-max grid spans exactly the largest |x| its point received on the calibration batch."""
-    torch.manual_seed(0)
-    model = SASRec(30, 16, 2, 1, 8).eval()
-    batch = torch.randint(1, 31, (64, 8))
-    qmodel = quantize_model(model, "ste", 8, 8, calibration=[batch])
+def padded_batch(num_items: int = 30, length: int = 8) -> torch.Tensor:
+    """Item sequences left-padded as the loaders pad them: 1 to ``length`` items each."""
+    g = torch.Generator().manual_seed(1)
+    seqs = torch.randint(1, num_items + 1, (64, length), generator=g)
+    lengths = torch.randint(1, length + 1, (64,), generator=g)
+    seqs[torch.arange(length)[None, :] < (length - lengths)[:, None]] = 0
+    return seqs
+
+
+def captured_at_real_positions(qmodel, batch):
+    """Every activation point's input on ``batch``, at real positions (what calibration saw)."""
     acts = quantizers(qmodel, "act")
     for q in acts.values():
-        q.enabled = False  # what calibration saw: activation quantizers pass x through, weights stay quantized
+        q.enabled = False  # activation quantizers pass x through, weights stay quantized, as in calibration
     with torch.no_grad(), capture_all_inputs(acts) as seen:
         qmodel.logits(qmodel(batch))
-    for name, q in acts.items():
+    for q in acts.values():
+        q.enabled = True
+    real = batch != 0
+    return {n: torch.cat([x[real] for x in xs]) for n, xs in seen.items()}, \
+        {n: torch.cat([x.flatten() for x in xs]) for n, xs in seen.items()}
+
+
+def test_calibration_initialises_every_activation_point_with_the_true_max_of_real_positions():
+    """Each abs-max grid spans exactly the largest |x| its point received at real positions."""
+    torch.manual_seed(0)
+    model = SASRec(30, 16, 2, 1, 8).eval()
+    batch = padded_batch()
+    qmodel = quantize_model(model, "ste", 8, 8, calibration=[batch])
+    real, _ = captured_at_real_positions(qmodel, batch)
+    for name, q in quantizers(qmodel, "act").items():
         assert bool(q.initialized), name
-        true_max = torch.cat([x.flatten() for x in seen[name]]).abs().max()
-        assert q.scale.item() == pytest.approx(true_max.item() / q.qrange[1], rel=1e-6), name
+        assert q.scale.item() == pytest.approx(real[name].abs().max().item() / q.qrange[1], rel=1e-6), name
+
+
+def test_padding_positions_do_not_shape_a_grid():
+    """LSQ's mean-based step, from real positions only; with the padding rows counted it would differ."""
+    torch.manual_seed(0)
+    model = SASRec(30, 16, 2, 1, 8).eval()  # a padding row is zero, and so is its LayerNorm output
+    batch = padded_batch()
+    qmodel = quantize_model(model, "lsq", 8, 8, calibration=[batch])
+    real, everything = captured_at_real_positions(qmodel, batch)
+    moved = 0
+    for name, q in quantizers(qmodel, "act").items():
+        expected = 2 * real[name].abs().mean().item() / math.sqrt(q.qrange[1])
+        assert q.step.item() == pytest.approx(expected, rel=1e-5), name
+        with_padding = 2 * everything[name].abs().mean().item() / math.sqrt(q.qrange[1])
+        moved += abs(with_padding / expected - 1) > 0.05
+    assert moved >= 4  # the padding rows would have moved most grids
 
 
 @contextmanager
@@ -271,7 +305,7 @@ def test_quantizing_a_quantized_model_is_refused():
 ])
 def test_a_misspelt_option_is_an_error_naming_the_valid_ones(call):
     with pytest.raises(ValueError, match=r"unknown option\(s\) 'dorefa_act_rnage' for 'dorefa'; its options are "
-                                         r"dorefa_act_range, dorefa_latent_start, dorefa_rescale"):
+                                         r"act_range_rule, dorefa_act_range, dorefa_latent_start, dorefa_rescale"):
         call()
 
 
@@ -294,3 +328,25 @@ def test_model_bytes_shrink_with_bits():
     b8 = model_bytes(quantize_model(model, "lsq", 8, 8, 8))
     b4 = model_bytes(quantize_model(model, "lsq", 4, 8, 4))
     assert b4 < b8 < 0.35 * fp32
+
+
+@pytest.mark.parametrize("method,x_over_s,dx,ds", [
+    ("ste", 3.3, 1.0, 3 - 3.3), ("ste", -4.3, 1.0, -4 + 4.3),  # round, then clamp: round(3.3) = 3 is inside
+    ("lsq", 3.3, 0.0, 3.0), ("lsq", -4.3, 0.0, -4.0),          # clamp, then round: clipped, ∂/∂s = Q_P or −Q_N
+])
+def test_the_clip_band_within_half_a_step_of_the_edge(method, x_over_s, dx, ds):
+    """STE follows torch's fake_quantize (round then clamp), LSQ its paper (clamp then round, eq. 3): within half a
+    step beyond the clip edge the two give the same value but different gradients, each by its own rule."""
+    q = fixed(method, 3, 0.25)
+    if method == "lsq":
+        q.use_grad_scale = False  # the raw eq. 3 step gradient
+    x = torch.tensor([x_over_s * 0.25], requires_grad=True)
+    y = q(x)
+    y.sum().backward()
+    assert y.item() == pytest.approx(0.25 * max(min(round(x_over_s), 3), -4))
+    assert x.grad.item() == dx
+    assert q.step.grad.item() == pytest.approx(ds, abs=1e-6)
+    if method == "ste":
+        x2 = x.detach().clone().requires_grad_()
+        torch.fake_quantize_per_tensor_affine(x2, 0.25, 0, -4, 3).sum().backward()
+        assert x2.grad.item() == dx

@@ -278,3 +278,60 @@ def test_quantized_sasrec_trains(method):
     assert qmodel.blocks[0].ffn.fc1.weight.grad.abs().sum() > 0
     if method == "pact":
         assert all(q.alpha.grad is not None for q in quantizers(qmodel, "act").values())
+
+
+def test_dorefa_never_reports_a_clipped_weight():
+    """The transform maps every weight into [0, 1]: nothing is clipped, even with an outlier or large latent
+    weights (the base-class test against the level values would count the weights beyond c)."""
+    torch.manual_seed(0)
+    w = torch.randn(8, 64) * 0.5
+    w[0, 0] = 10.0
+    q = make_quantizer("dorefa", "weight", 4, axis=0, channels=8)
+    q.init_from(w)
+    q.initialized.fill_(True)
+    assert q.clipped_fraction(w) == 0.0
+    lv = q.levels()
+    assert ((w < lv[:, :1]) | (w > lv[:, -1:])).float().mean().item() > 0.01  # what the level test would say
+
+
+def alpha_after(steps: int, x: torch.Tensor, decay: float, sign: float = 1.0, lr: float = 1.0) -> list[float]:
+    """α's trajectory when training ``sign · Σ q(x)`` with the groups QAT uses (PACT's α: SGD, momentum 0.9)."""
+    from sasrec_nb.training import make_optimizers
+
+    q = make_quantizer("pact", "act", 4, signed=False, pact_alpha_decay=decay, pact_alpha_lr=lr)
+    q.alpha.data.fill_(3.0)
+    q.initialized.fill_(True)
+    holder = torch.nn.ModuleDict({"act": q})
+    optimizers = make_optimizers(param_groups(holder, lr=1e-3, quant_lr=1e-2), 1e-3, 0.0)
+    trajectory = []
+    for _ in range(steps):
+        for o in optimizers:
+            o.zero_grad()
+        (sign * q(x).sum()).backward()
+        for o in optimizers:
+            o.step()
+        trajectory.append(q.alpha.item())
+    return trajectory
+
+
+def test_pact_alpha_is_trained_by_sgd_so_lambda_sets_its_decay_when_nothing_is_clipped():
+    x = torch.linspace(0, 1, 100)  # far below α = 3: nothing is clipped, the only gradient is λ_α · α
+    none, small, large = (alpha_after(50, x, d)[-1] for d in (0.0, 1e-4, 1e-3))
+    assert none == 3.0
+    assert large < small < 3.0
+    assert (3.0 - large) > 5 * (3.0 - small)  # ten times the penalty: several times the pull (it compounds)
+
+
+def test_pact_alpha_follows_the_clipped_gradient():
+    """One SGD step: α₁ = α₀ − lr (g + λ α₀) with g = −(number of clipped values) for the loss −Σ q(x)."""
+    for clipped in (5, 20):
+        x = torch.cat([torch.linspace(0, 2.5, 50), torch.full((clipped,), 4.0)])
+        [alpha] = alpha_after(1, x, 1e-4, sign=-1.0, lr=0.01)
+        assert alpha == pytest.approx(3.0 - 0.01 * (-clipped + 1e-4 * 3.0), rel=1e-6)
+
+
+def test_pact_alpha_group_is_sgd_with_its_own_rate_and_l2():
+    qmodel = quantize_model(SASRec(30, 16, 2, 1, 8), "pact", pact_alpha_decay=1e-3, pact_alpha_lr=0.5)
+    alphas = [g for g in param_groups(qmodel, lr=1e-3, quant_lr=1e-2) if g["name"].endswith("alpha")]
+    assert alphas and all(g["optimizer"] == "sgd" and g["lr"] == 0.5 and g["momentum"] == 0.9
+                          and g["weight_decay"] == 1e-3 for g in alphas)

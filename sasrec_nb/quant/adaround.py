@@ -20,177 +20,258 @@ Choices of this port, stated in notebook 08:
 * grid: symmetric, per output channel, from BRECQ's search over 80 shrinking candidates
   s = (1 − 0.01k)·max|w|/q_max minimising the L_p error with p = 2.4 (``adaround_grid="mse"``),
   or the abs-max grid (``"max"``);
-* activations: 8-bit abs-max quantizers calibrated on FP activations and never trained, so that
-  rounding is the only variable;
+* activations: 8-bit quantizers calibrated on FP activations by a named range rule
+  (``act_range_rule``, :mod:`.ranges`) and never trained, so that rounding is the only variable;
 * SASRec's item table is a lookup and the scoring head. As a lookup its layer objective is
   Σ(W − W̃)², minimised by round-to-nearest (qat_methods.md §6, pitfall 2), so it is rounded for its
   head role, reconstructing the scores h·Tᵀ of the final hidden states after all blocks; the lookup
   uses the same rounding. The position table is only a lookup: it is rounded to nearest.
+
+The quantizer, its relaxation and the β schedule live in :mod:`.adaround_quantizer`; this module is the
+procedure (:func:`calibrate`, :func:`from_state`) and the method's factories for :func:`~.apply.quantize_model`.
 """
 from __future__ import annotations
 
-import math
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
-from .core import UniformQuantizer, broadcast, reduce_except
-from .ste import STEQuantizer
-
-ZETA, GAMMA = 1.1, -0.1
-#: BRECQ's grid search: candidates and the L_p norm it minimises
-GRID_CANDIDATES, GRID_P = 80, 2.4
-ROUNDING = ("soft", "hard", "nearest")
-#: rows of final hidden states per step when reconstructing the scores; rows for the reported errors
-HEAD_ROWS, EVAL_ROWS = 256, 4096
-#: sequences per forward pass while capturing layer inputs
-CHUNK = 256
+from .adaround_quantizer import (CHUNK, EVAL_ROWS, HEAD_ROWS, AdaRoundQuantizer, FixedQuantizer, act_quantizer,
+                                 beta_schedule, mse_step, rectified_sigmoid, weight_quantizer)
+from .apply import calibrate_activations, quantize_model, quantizers
+from .core import Quantizer, QuantLinear
+from .ranges import DEFAULT
 
 
-def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
-    """h(V) = clip(σ(V)(ζ − γ) + γ, 0, 1)."""
-    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
+class _Stop(Exception):
+    """Raised by a capture hook: nothing after the captured layer needs to run."""
 
 
-def mse_step(x: torch.Tensor, axis: int | None, lo: int, hi: int, p: float = GRID_P) -> torch.Tensor:
-    """Per-channel step (1 − 0.01k)·max|x|/q_max, k < 80, with the smallest mean |x − x̂|^p (BRECQ)."""
-    amax = reduce_except(x, axis).clamp_min(1e-8)
-    best, best_err = amax / hi, torch.full_like(amax, math.inf)
-    for k in range(GRID_CANDIDATES):
-        s = amax * (1 - 0.01 * k) / hi
-        sb = broadcast(s, x, axis)
-        err = reduce_except((torch.clamp(torch.round(x / sb), lo, hi) * sb - x).abs().pow(p), axis, "mean")
-        best = torch.where(err < best_err, s, best)
-        best_err = torch.minimum(err, best_err)
-    return best
+@contextmanager
+def _disabled(qs: Iterable[Quantizer]):
+    qs = list(qs)
+    states = [q.enabled for q in qs]
+    for q in qs:
+        q.enabled = False
+    try:
+        yield
+    finally:
+        for q, state in zip(qs, states):
+            q.enabled = state
 
 
-class AdaRoundQuantizer(UniformQuantizer):
-    """A frozen symmetric grid s and a learned rounding V for the one weight it was initialised with.
+def _groups(qmodel: nn.Module) -> list[list[tuple[str, QuantLinear]]]:
+    """QuantLinears in forward order. q, k and v share a group: all three read the block's input before
+    any of them acts, so one pass captures the inputs of all three."""
+    groups: list[list[tuple[str, QuantLinear]]] = []
+    for name, layer in qmodel.named_modules():
+        if isinstance(layer, QuantLinear):
+            if name.endswith((".attn.k", ".attn.v")):
+                groups[-1].append((name, layer))
+            else:
+                groups.append([(name, layer)])
+    return groups
 
-    ``rounding`` selects the forward: "soft" (⌊W/s⌋ + h(V), differentiable in V, used while
-    optimising), "hard" (⌊W/s⌋ + 1[V ≥ 0], after optimisation, in eval and export; at init it is
-    round-to-nearest, except that a tie frac = ½ goes up where torch.round goes to even) or "nearest"
-    (round(W/s), for comparison). W itself receives no gradient; export is always the hard rounding.
+
+@torch.no_grad()
+def _capture(qmodel: nn.Module, layers: list[nn.Module], seqs: torch.Tensor) -> list[torch.Tensor]:
+    """The inputs ``[N, L, d]`` the layers receive (forward pre-hooks; the pass stops after the last one)."""
+    seen: list[list[torch.Tensor]] = [[] for _ in layers]
+
+    def hook(i: int):
+        def record(_module, args):
+            seen[i].append(args[0].detach())
+            if i == len(layers) - 1:
+                raise _Stop
+        return record
+
+    handles = [layer.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
+    try:
+        for batch in seqs.split(CHUNK):
+            try:
+                qmodel(batch)
+            except _Stop:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [torch.cat(x) for x in seen]
+
+
+@torch.no_grad()
+def _hidden(qmodel: nn.Module, seqs: torch.Tensor) -> torch.Tensor:
+    """What the scoring head multiplies with the item table: head_input(final hidden states)."""
+    return torch.cat([qmodel.head_input(qmodel(batch)) for batch in seqs.split(CHUNK)])
+
+
+def _sq_err(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the squared error summed over output features."""
+    return (target - pred).pow(2).sum(-1).mean()
+
+
+@torch.no_grad()
+def _errors(wq: AdaRoundQuantizer, target: torch.Tensor, q_out: Callable, xq: torch.Tensor) -> dict[str, float]:
+    """Reconstruction error of each rounding mode on the same rows, grid and x̃."""
+    errors = {}
+    for mode in ("nearest", "soft", "hard"):
+        wq.rounding = mode
+        errors[mode] = _sq_err(target, q_out(xq)).item()
+    wq.rounding = "hard"
+    return errors
+
+
+def _reconstruct(wq: AdaRoundQuantizer, fp_out: Callable, q_out: Callable, x: torch.Tensor, xq: torch.Tensor,
+                 row_id: torch.Tensor, gen: torch.Generator, iters: int, batch_size: int, lam: float, lr: float,
+                 warmup: float, beta: tuple[float, float], schedule: str, max_rows: int | None,
+                 snapshots: list | None) -> dict:
+    """Optimise V of one layer, then round hard. x, xq: ``[R, d]`` real positions; row_id: ``[N, L]``, −1 = pad.
+
+    A step takes the positions of ``batch_size`` random sequences (at most ``max_rows`` of them).
     """
+    with torch.no_grad():  # FP targets, unless they are too large to keep (the scores)
+        targets = None if max_rows else torch.cat([fp_out(c) for c in x.split(4096)])
 
-    method = "adaround"
+    def target(rid: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return fp_out(x[rid]) if targets is None else targets[rid]
 
-    def __init__(self, bits: int, axis: int | None = None, channels: int | None = None, grid: str = "mse"):
-        super().__init__(bits, signed=True, axis=axis, channels=channels)
-        if grid not in ("mse", "max"):
-            raise ValueError(f"adaround_grid must be 'mse' or 'max', got {grid!r}")
-        self.grid = grid
-        self.step.requires_grad_(False)
-        # V has the weight's shape, which (bits, axis, channels) does not give (the fan-in is missing):
-        # init_from creates it from the weight. quantize_model calls init_from as soon as it builds the
-        # quantizer, so an optimizer built afterwards holds V, and a saved state dict loads into it.
-        self.v: nn.Parameter | None = None
-        self._rounding = "hard"
-
-    @property
-    def rounding(self) -> str:
-        return self._rounding
-
-    @rounding.setter
-    def rounding(self, mode: str) -> None:
-        if mode not in ROUNDING:
-            raise ValueError(f"rounding must be one of {ROUNDING}, got {mode!r}")
-        self._rounding = mode
-
-    def init_from(self, x: torch.Tensor) -> None:
-        lo, hi = self.qrange
-        step = mse_step(x, self.axis, lo, hi) if self.grid == "mse" else reduce_except(x, self.axis) / hi
-        self.step.data.copy_(step.clamp_min(1e-8))
-        self.init_rounding(x)
-
-    @torch.no_grad()
-    def init_rounding(self, x: torch.Tensor) -> None:
-        """V₀ = −log((ζ − γ)/(frac(W/s) − γ) − 1) on the current grid, so that h(V₀) = frac(W/s)."""
-        w = x.detach() / broadcast(self.scale, x, self.axis)
-        v0 = -torch.log((ZETA - GAMMA) / (w - torch.floor(w) - GAMMA) - 1)
-        if self.v is not None and self.v.shape == v0.shape:
-            self.v.data.copy_(v0)
-        else:
-            self.v = nn.Parameter(v0)
-
-    def h(self) -> torch.Tensor:
-        return rectified_sigmoid(self.v)
-
-    def regularizer(self, beta: float) -> torch.Tensor:
-        """f_reg = Σ (1 − |2h(V) − 1|^β): 1 at h = ½, 0 at h ∈ {0, 1}."""
-        return (1 - (2 * self.h() - 1).abs().pow(beta)).sum()
-
-    def _check(self, x: torch.Tensor) -> None:
-        if self.v is None:
-            raise RuntimeError("AdaRoundQuantizer has no rounding variable yet: call init_from(weight) first")
-        if x.shape != self.v.shape:
-            raise ValueError(f"AdaRoundQuantizer rounds only the weight it was initialised with, of shape "
-                             f"{tuple(self.v.shape)}; got {tuple(x.shape)}")
-
-    def nearest_codes(self, x: torch.Tensor) -> torch.Tensor:
-        return super().codes(x)
-
-    def codes(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer codes of the hard rounding (of round-to-nearest in "nearest" mode)."""
-        self._check(x)
-        if self.rounding == "nearest":
-            return self.nearest_codes(x)
-        lo, hi = self.qrange
-        floor = torch.floor(x.detach() / broadcast(self.scale, x, self.axis))
-        return torch.clamp(floor + (self.v.detach() >= 0).to(x.dtype), lo, hi)
-
-    def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        s = broadcast(self.scale, x, self.axis)
-        if self.rounding != "soft":
-            return s * self.codes(x)
-        self._check(x)
-        lo, hi = self.qrange
-        return s * torch.clamp(torch.floor(x.detach() / s) + self.h(), lo, hi)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, grid={self.grid}, rounding={self.rounding}"
+    wq.rounding = "soft"
+    wq.v.requires_grad_(True)
+    opt = torch.optim.Adam([wq.v], lr=lr)
+    curve = {"step": [], "recon": [], "reg": [], "beta": []}
+    marks = {0: 0.0, int(0.2 * iters): 0.2, int(0.5 * iters): 0.5}
+    log_every = max(1, iters // 100)
+    for t in range(iters):
+        if snapshots is not None and t in marks:
+            snapshots.append((marks[t], wq.h().detach().flatten().clone()))
+        rid = row_id[torch.randperm(len(row_id), generator=gen)[:batch_size]].flatten()
+        rid = rid[rid >= 0]
+        if max_rows and len(rid) > max_rows:
+            rid = rid[torch.randperm(len(rid), generator=gen)[:max_rows]]
+        b = beta_schedule(t, iters, warmup, *beta, kind=schedule)
+        recon = _sq_err(target(rid), q_out(xq[rid]))
+        reg = wq.regularizer(b) if t >= warmup * iters else torch.zeros(())
+        opt.zero_grad(set_to_none=True)
+        (recon + lam * reg).backward()
+        opt.step()
+        if t % log_every == 0 or t == iters - 1:
+            for key, value in zip(curve, (t, recon.item(), reg.item(), b)):
+                curve[key].append(value)
+    if snapshots is not None:
+        snapshots.append((1.0, wq.h().detach().flatten().clone()))
+    wq.v.requires_grad_(False)
+    rid = torch.randperm(len(x), generator=gen)[:EVAL_ROWS]
+    errors = _errors(wq, target(rid), q_out, xq[rid])
+    return {"mse_nearest": errors["nearest"], "mse_adaround": errors["hard"], "mse_soft": errors["soft"],
+            "soft_hard_gap": errors["hard"] - errors["soft"], "eval_rows": len(rid), "curve": curve}
 
 
-class FixedQuantizer(STEQuantizer):
-    """Activations: abs-max calibrated uniform grid, frozen (AdaRound learns rounding only)."""
+def calibrate(model: nn.Module, seqs: torch.Tensor, weight_bits: int = 4, act_bits: int = 8, embed_bits: int = 8,
+              iters: int = 10_000, batch_size: int = 32, lam: float = 0.01, lr: float = 1e-3, warmup: float = 0.2,
+              beta: tuple[float, float] = (20, 2), schedule: str = "cosine", seed: int = 0, progress: bool = False,
+              grid: str = "mse", snapshot_layer: str = "blocks.0.ffn.fc1",
+              act_range_rule: str = DEFAULT["adaround"]) -> tuple[nn.Module, dict]:
+    """AdaRound PTQ of an FP32 SASRec on unlabeled sequences ``[N, L]``; returns (hard-rounded qmodel, report).
 
-    method = "adaround"
+    Layers are rounded in forward order (per block q, k, v, out, fc1, fc2; then the item table as the
+    scoring head), each on its FP input x and the input x̃ of the quantized model so far. ``report``:
+    ``layers[name]`` holds the errors with round-to-nearest, AdaRound (hard) and soft rounding on the
+    same grid and x̃ (on up to 4096 calibration positions), the soft-vs-hard gap, the fraction rounded
+    differently from nearest and the loss curve (recon, reg, β per logged step); ``snapshots`` holds
+    h(V) of ``snapshot_layer`` at 0/20/50/100 % of its iterations. The item table's lookup uses the
+    rounding found for the head; the position table is rounded to nearest. Same seed, same result.
+    """
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    qmodel = quantize_model(model, "adaround", weight_bits, act_bits, embed_bits, adaround_grid=grid,
+                            act_range_rule=act_range_rule)
+    was_training = qmodel.training
+    qmodel.eval()
+    requires_grad = {p: p.requires_grad for p in qmodel.parameters()}
+    for p in qmodel.parameters():
+        p.requires_grad_(False)
+    seqs = seqs.to(next(qmodel.parameters()).device)
+    mask = seqs != qmodel.item_emb.padding_idx  # only real items count
+    row_id = torch.full(mask.shape, -1, dtype=torch.long, device=seqs.device)
+    row_id[mask] = torch.arange(int(mask.sum()), device=seqs.device)
+    row_id = row_id[mask.any(1)]  # batches are drawn from sequences with at least one item
+    everything = list(quantizers(qmodel).values())
+    with _disabled(everything):  # activation grids from FP activations (calibrating quantizers pass x through)
+        calibrate_activations(qmodel, seqs.split(CHUNK))
+    qmodel.pos_emb.weight_quantizer.rounding = "nearest"
+    settings = dict(iters=iters, batch_size=batch_size, lam=lam, lr=lr, warmup=warmup, beta=beta, schedule=schedule)
 
-    def __init__(self, bits: int, signed: bool = True):
-        super().__init__(bits, signed=signed)
-        self.step.requires_grad_(False)
+    layers, snapshots = {}, []
+    groups = _groups(qmodel)
+    bar = tqdm(total=sum(map(len, groups)) + 1, desc="AdaRound", disable=not progress)
 
-    def _remember(self, x: torch.Tensor) -> None:
-        """Keep each batch's max|x|: the base class's random subsample would miss the extremes."""
-        self._seen.append(x.detach().abs().amax().view(1))
+    def round_layer(name: str, wq: AdaRoundQuantizer, weight: torch.Tensor, fp_out: Callable, q_out: Callable,
+                    x: torch.Tensor, xq: torch.Tensor) -> None:
+        stats = _reconstruct(wq, fp_out, q_out, x[mask], xq[mask], row_id, gen,
+                             max_rows=HEAD_ROWS if name == "item_emb" else None,
+                             snapshots=snapshots if name == snapshot_layer else None, **settings)
+        stats["changed_fraction"] = (wq.codes(weight) != wq.nearest_codes(weight)).float().mean().item()
+        layers[name] = stats
+        bar.update()
+
+    for group in groups:
+        modules = [layer for _, layer in group]
+        with _disabled(everything):
+            xs = _capture(qmodel, modules, seqs)
+        xqs = _capture(qmodel, modules, seqs)
+        for (name, layer), x, xq in zip(group, xs, xqs):
+            act = F.relu if name.endswith("ffn.fc1") else nn.Identity()
+            wq = layer.weight_quantizer
+
+            def fp_out(x: torch.Tensor) -> torch.Tensor:
+                return act(F.linear(x, layer.weight, layer.bias))
+
+            def q_out(x: torch.Tensor) -> torch.Tensor:
+                return act(F.linear(x, wq(layer.weight), layer.bias))
+
+            with torch.no_grad():  # the layer's input quantizer is fixed: apply it once
+                xq = layer.input_quantizer(xq)
+            round_layer(name, wq, layer.weight, fp_out, q_out, x, xq)
+
+    table, tq = qmodel.item_emb.weight, qmodel.item_emb.weight_quantizer
+    with _disabled(everything):
+        h = _hidden(qmodel, seqs)
+    round_layer("item_emb", tq, table, lambda h: h @ table[1:].T, lambda h: h @ tq(table)[1:].T,
+                h, _hidden(qmodel, seqs))
+    bar.close()
+
+    frozen = {id(p) for q in everything for p in q.parameters()}
+    for p, flag in requires_grad.items():
+        p.requires_grad_(flag and id(p) not in frozen)
+    qmodel.train(was_training)
+    report = {
+        "layers": layers,
+        "snapshots": {"layer": snapshot_layer, "at": [at for at, _ in snapshots], "h": [h for _, h in snapshots]},
+        "position_table": "nearest",
+        "config": dict(settings, weight_bits=weight_bits, act_bits=act_bits, embed_bits=embed_bits, grid=grid,
+                       seed=seed, sequences=len(seqs)),
+        "seconds": time.perf_counter() - start,
+    }
+    return qmodel, report
 
 
-def weight_quantizer(bits: int, axis: int | None = None, channels: int | None = None,
-                     adaround_grid: str = "mse") -> AdaRoundQuantizer:
-    return AdaRoundQuantizer(bits, axis=axis, channels=channels, grid=adaround_grid)
+def from_state(model: nn.Module, state: dict, weight_bits: int, act_bits: int, embed_bits: int,
+               grid: str = "mse") -> nn.Module:
+    """Rebuild a calibrated AdaRound model from its saved state dict (hard rounding, frozen grids)."""
+    from ..training import load_into
 
+    qmodel = quantize_model(model, "adaround", weight_bits, act_bits, embed_bits, adaround_grid=grid)
+    for q in quantizers(qmodel).values():
+        q.initialized.fill_(True)
+    load_into(qmodel, state, "AdaRound checkpoint")
+    qmodel.pos_emb.weight_quantizer.rounding = "nearest"
+    return qmodel
 
-def act_quantizer(bits: int, signed: bool = True) -> FixedQuantizer:
-    return FixedQuantizer(bits, signed=signed)
-
-
-def beta_schedule(t: int, iters: int, warmup: float = 0.2, start: float = 20, end: float = 2,
-                  kind: str = "cosine") -> float:
-    """β at iteration t: ``start`` during warm-up, then cosine (AIMET) or linear (BRECQ) decay to ``end``."""
-    progress = max(0.0, (t - warmup * iters) / ((1 - warmup) * iters))
-    if kind == "cosine":
-        return end + 0.5 * (start - end) * (1 + math.cos(math.pi * progress))
-    if kind == "linear":
-        return end + (start - end) * max(0.0, 1 - progress)
-    raise ValueError(f"kind must be 'cosine' or 'linear', got {kind!r}")
-
-
-# -- layer-wise reconstruction on SASRec ---------------------------------------------------------------
-
-
-# the procedure lives in its own module; imported last because it uses the classes above
-from .adaround_ptq import calibrate, from_state  # noqa: E402
 
 __all__ = ["AdaRoundQuantizer", "FixedQuantizer", "act_quantizer", "beta_schedule", "calibrate", "from_state",
            "mse_step", "rectified_sigmoid", "weight_quantizer"]

@@ -147,7 +147,10 @@ def calibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     """Initialise every activation grid from a few batches (eval mode).
 
     Activation quantizers pass values through unchanged while they observe; weight quantizers stay on,
-    so each grid is fitted to the inputs the weight-quantized model really produces.
+    so each grid is fitted to the inputs the weight-quantized model really produces. Only real positions
+    are observed (item id > 0): padding is never attended to or scored, yet its hidden states (LayerNorm of a
+    zero row, and what the projections make of it) would otherwise pull mean-based steps down and
+    stretch abs-max grids.
     """
     acts = quantizers(model, "act")
     was_training = model.training
@@ -158,8 +161,12 @@ def calibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     items = 0
     try:
         for seqs in batches:
-            items += int((seqs != 0).sum())
-            hidden = model(seqs.to(device))
+            seqs = seqs.to(device)
+            real = seqs != 0
+            items += int(real.sum())
+            for q in acts.values():
+                q.real_positions = real
+            hidden = model(seqs)
             if hasattr(model, "logits"):  # reaches head_input, which only the scoring head uses
                 model.logits(hidden)
         if items == 0:
@@ -172,6 +179,8 @@ def calibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
             q.calibrating = False
         raise
     finally:
+        for q in acts.values():
+            q.real_positions = None
         model.train(was_training)
     for q in acts.values():
         q.finish_calibration()
@@ -184,20 +193,29 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, quant_l
     LSQ's gradient scale g barely changes Adam's steps (qat_methods.md §0). Scales differ by orders of
     magnitude (≈ 0.002 for an 8-bit weight row, ≈ 0.05 for an activation), so each quantizer
     parameter gets ``lr = quant_lr × mean|value|`` at the time the groups are built: a *relative*
-    step of about ``quant_lr``, for every bit width and layer. PACT's L2 on α (λ_α) is its group's
-    weight decay.
+    step of about ``quant_lr``, for every bit width and layer.
+
+    A quantizer whose ``param_optimizer`` is "sgd" (PACT's α) gets a group marked ``optimizer="sgd"``
+    with its own ``param_lr``, momentum 0.9 and its L2 penalty (``param_weight_decay``) as weight decay:
+    :func:`sasrec_nb.training.fit` steps those groups with SGD, the paper's optimizer, so that the size of
+    α's gradient (clipped values against λ_α·α) decides its steps.
     """
-    quant_params: dict[int, tuple[str, float]] = {}
+    quant_params: dict[int, tuple[str, Quantizer]] = {}
     for qname, q in quantizers(model).items():
         for pname, p in q.named_parameters(recurse=False):
-            quant_params[id(p)] = (f"{qname}.{pname}", q.param_weight_decay)
+            quant_params[id(p)] = (f"{qname}.{pname}", q)
     weights = [p for p in model.parameters() if id(p) not in quant_params and p.requires_grad]
     groups = [{"params": weights, "lr": lr, "weight_decay": weight_decay, "name": "weights"}]
     for p in model.parameters():
         if id(p) in quant_params and p.requires_grad:
-            name, decay = quant_params[id(p)]
-            scale = p.detach().abs().mean().item()
-            groups.append({"params": [p], "lr": quant_lr * max(scale, 1e-8), "weight_decay": decay, "name": name})
+            name, q = quant_params[id(p)]
+            if q.param_optimizer == "sgd":
+                groups.append({"params": [p], "lr": q.param_lr, "momentum": 0.9, "weight_decay": q.param_weight_decay,
+                               "optimizer": "sgd", "name": name})
+            else:
+                scale = p.detach().abs().mean().item()
+                groups.append({"params": [p], "lr": quant_lr * max(scale, 1e-8), "weight_decay": q.param_weight_decay,
+                               "name": name})
     return groups
 
 

@@ -110,6 +110,10 @@ class Quantizer(nn.Module):
     supported_bits: tuple[int, int] = (2, 16)
     #: weight decay applied to this quantizer's parameters by :func:`param_groups`
     param_weight_decay: float = 0.0
+    #: the optimizer of this quantizer's parameters: "adam" (with a relative learning rate, see
+    #: :func:`param_groups`) or "sgd" (momentum 0.9, learning rate ``param_lr``: PACT's α, as in its paper)
+    param_optimizer: str = "adam"
+    param_lr: float = 0.0
 
     def __init__(self, bits: int, signed: bool = True, axis: int | None = None, channels: int | None = None):
         super().__init__()
@@ -122,6 +126,10 @@ class Quantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
         self.enabled = True
         self.calibrating = False
+        #: ``[B, L]`` mask of the real (non-padding) positions of the batch being calibrated, set by
+        #: :func:`~sasrec_nb.quant.calibrate_activations`: padding is never attended to or scored, so it must not
+        #: shape a grid
+        self.real_positions: torch.Tensor | None = None
         self._seen: list[torch.Tensor] = []
 
     # -- grid ---------------------------------------------------------------------------------
@@ -172,8 +180,15 @@ class Quantizer(nn.Module):
             self.initialized.fill_(True)
         return self.quantize(x)
 
+    def at_real_positions(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, L, …]`` at the real positions only (``[N, …]``), when :attr:`real_positions` says which they are."""
+        mask = self.real_positions
+        if mask is not None and x.dim() >= 2 and x.shape[:2] == mask.shape:
+            return x[mask]
+        return x
+
     def _remember(self, x: torch.Tensor, keep: int = 1 << 16) -> None:
-        x = x.detach()
+        x = self.at_real_positions(x.detach())
         if self.axis is None:
             flat = x.flatten()
             if flat.numel() > keep:  # a random sample, plus the extremes (a sample would miss the max)

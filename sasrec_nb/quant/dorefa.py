@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import torch
 
+from . import ranges
 from .core import EPS, Exported, Quantizer, broadcast, narrow_range, other_dims, reduce_except, round_ste
 
 
@@ -120,6 +121,14 @@ class DoReFaWeightQuantizer(Quantizer):
         return t / (2 * amax_keepdim(t, self.axis).clamp_min(EPS)) + 0.5
 
     @torch.no_grad()
+    def clipped_fraction(self, x: torch.Tensor) -> float:
+        """Share of weights outside the grid's range, measured where DoReFa quantizes: the tanh-normalised
+        values, which lie in [0, 1] by construction. DoReFa never clips a weight (0.0); the base class's test
+        against the level values would count the latent weights beyond c as clipped, though they are not."""
+        u = self.normalise(x)
+        return ((u < 0) | (u > 1)).float().mean().item()
+
+    @torch.no_grad()
     def unrounded(self, w: torch.Tensor) -> torch.Tensor:
         """c · (2·tanh-normalised − 1): the weights as the grid sees them, before rounding (for pictures:
         the latent weights themselves live in another space)."""
@@ -161,13 +170,17 @@ class DoReFaWeightQuantizer(Quantizer):
 
 
 class DoReFaActQuantizer(Quantizer):
-    """``c · Q(clip(x / c, lo, 1))`` with a fixed range c: lo = 0 (the paper) or −1 (signed variant)."""
+    """``c · Q(clip(x / c, lo, 1))`` with a fixed range c: lo = 0 (the paper) or −1 (signed variant).
+
+    c is ``fixed_range`` when given, else set from the calibration sample by ``range_rule`` (:mod:`.ranges`)."""
 
     method = "dorefa"
 
-    def __init__(self, bits: int, signed: bool = True, fixed_range: float | None = None):
+    def __init__(self, bits: int, signed: bool = True, fixed_range: float | None = None,
+                 range_rule: str = ranges.DEFAULT["dorefa"]):
         super().__init__(bits, signed)
         self.fixed_range = fixed_range
+        self.range_rule = ranges.check_rule(range_rule)
         self.register_buffer("bound", torch.ones(()))
 
     @property
@@ -179,7 +192,7 @@ class DoReFaActQuantizer(Quantizer):
         if self.fixed_range is not None:
             self.bound.fill_(self.fixed_range)
         else:
-            self.bound.copy_(reduce_except(x, None).clamp_min(EPS))
+            self.bound.copy_(ranges.clip_value(x, self.range_rule, *self.qrange))
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         lo, n = self.qrange
@@ -200,7 +213,7 @@ class DoReFaActQuantizer(Quantizer):
         return Exported(codes.to(code_dtype(self.bits, self.signed)), self.bound / n, None)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, fixed_range={self.fixed_range}"
+        return f"{super().extra_repr()}, fixed_range={self.fixed_range}, range_rule={self.range_rule}"
 
 
 def weight_quantizer(
@@ -211,5 +224,6 @@ def weight_quantizer(
                                  latent_start=dorefa_latent_start)
 
 
-def act_quantizer(bits: int, signed: bool = True, dorefa_act_range: float | None = None) -> DoReFaActQuantizer:
-    return DoReFaActQuantizer(bits, signed=signed, fixed_range=dorefa_act_range)
+def act_quantizer(bits: int, signed: bool = True, dorefa_act_range: float | None = None,
+                  act_range_rule: str = ranges.DEFAULT["dorefa"]) -> DoReFaActQuantizer:
+    return DoReFaActQuantizer(bits, signed=signed, fixed_range=dorefa_act_range, range_rule=act_range_rule)

@@ -10,8 +10,12 @@ One learnable clipping level α per activation quantizer:
 α's gradient is the upstream gradient summed over the clipped elements only; at x = α both x and α
 receive it (IBM's PACT_STE, the KwangHoonAn port). The rule is a custom autograd Function: plain
 autograd through a round-STE would add LSQ's residual term (qat_methods.md §3: dα 2.0 vs 1.966667).
-α carries an L2 penalty λ_α: ``param_weight_decay``, default 1e-4 (option ``pact_alpha_decay``),
-which :func:`sasrec_nb.quant.param_groups` turns into its group's Adam weight decay.
+α is trained as the paper trains it: by SGD with momentum 0.9 and an L2 penalty λ_α (``pact_alpha_decay``,
+default 1e-4), in an optimizer of its own (:func:`sasrec_nb.quant.param_groups`; the network keeps Adam).
+Under Adam the update m/√v is the same whatever the gradient's size: while nothing is clipped the only
+gradient is λ_α·α, and Adam would shrink α by a fixed fraction per step whatever λ_α is. Under SGD
+the step is lr·(Σ clipped gradients + λ_α·α): the clipped gradient pushes α up, λ_α pulls it down, and the
+balance is the one the paper describes. lr is ``pact_alpha_lr`` (default :data:`ALPHA_LR`).
 
 Choices where the paper does not fit SASRec, named here and in notebook 05:
 
@@ -57,17 +61,30 @@ class PACTFunction(torch.autograd.Function):
         return grad_x, grad_alpha.reshape(alpha.shape), None, None
 
 
+#: SGD learning rate of α (momentum 0.9). At W8A4 on the quick profile (``scripts/sweep_pact_alpha.py``,
+#: results/sweeps/pact_alpha_quick.json) validation NDCG@10 cannot tell 0.1 to 300 apart (0.104-0.112, one standard
+#: error ≈ 0.008); the rates differ in whether α reaches PACT's balance within QAT's 60 steps: at ≤ 10 α stays near
+#: its calibrated max and nothing is clipped, at 30 it falls until clipping (about 0.2 %) holds it, at 300 it
+#: oscillates. 30 is the rate at which the method does what the paper describes within the budget.
+ALPHA_LR = 30.0
+
+
 class PACTQuantizer(Quantizer):
     """PACT on [0, α] (unsigned) or its symmetric variant on [−α, α] (signed); α is a parameter."""
 
     method = "pact"
     param_weight_decay = 1e-4
+    param_optimizer = "sgd"
 
-    def __init__(self, bits: int, signed: bool = True, alpha_init: float | None = None, alpha_decay: float = 1e-4):
+    def __init__(self, bits: int, signed: bool = True, alpha_init: float | None = None, alpha_decay: float = 1e-4,
+                 alpha_lr: float = ALPHA_LR):
         super().__init__(bits, signed)
+        if alpha_decay < 0 or alpha_lr <= 0:
+            raise ValueError(f"PACT needs pact_alpha_decay ≥ 0 and pact_alpha_lr > 0, got {alpha_decay}, {alpha_lr}")
         self.alpha = nn.Parameter(torch.ones(()))
         self.alpha_init = alpha_init
         self.param_weight_decay = alpha_decay
+        self.param_lr = alpha_lr
 
     @property
     def qrange(self) -> tuple[int, int]:
@@ -100,7 +117,7 @@ class PACTQuantizer(Quantizer):
         return Exported(codes.to(dorefa.code_dtype(self.bits, self.signed)), alpha / n, None)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, weight_decay={self.param_weight_decay:g}"
+        return f"{super().extra_repr()}, alpha: SGD lr {self.param_lr:g}, L2 {self.param_weight_decay:g}"
 
 
 def weight_quantizer(
@@ -113,6 +130,8 @@ def weight_quantizer(
 
 
 def act_quantizer(
-    bits: int, signed: bool = True, pact_alpha_init: float | None = None, pact_alpha_decay: float = 1e-4
+    bits: int, signed: bool = True, pact_alpha_init: float | None = None, pact_alpha_decay: float = 1e-4,
+    pact_alpha_lr: float = ALPHA_LR
 ) -> PACTQuantizer:
-    return PACTQuantizer(bits, signed=signed, alpha_init=pact_alpha_init, alpha_decay=pact_alpha_decay)
+    return PACTQuantizer(bits, signed=signed, alpha_init=pact_alpha_init, alpha_decay=pact_alpha_decay,
+                         alpha_lr=pact_alpha_lr)
