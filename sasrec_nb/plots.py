@@ -99,10 +99,11 @@ def attention_weights(weights: torch.Tensor, items: Sequence[int], titles: Seque
     """One heat map per layer/head: ``weights [n, L, L]`` for the non-padded positions."""
     n = len(weights)
     fig, axes = _fig(3.3 * n, 3.4, n)
-    for ax, w, t in zip(np.atleast_1d(axes), weights, titles):
-        sns.heatmap(w.numpy(), cmap="viridis", vmin=0, ax=ax, cbar=False, square=True,
-                    xticklabels=False, yticklabels=False)
-        ax.set(title=t, xlabel="key", ylabel="query")
+    top = float(weights.max())
+    for k, (ax, w, t) in enumerate(zip(np.atleast_1d(axes), weights, titles)):
+        sns.heatmap(w.numpy(), cmap="viridis", vmin=0, vmax=top, ax=ax, cbar=k == n - 1, square=True,
+                    xticklabels=False, yticklabels=False, cbar_kws={"label": "attention probability"})
+        ax.set(title=t, xlabel="key position (earlier → later)", ylabel="query position")
     return fig
 
 
@@ -132,11 +133,13 @@ def staircase(x: torch.Tensor, x_hat: torch.Tensor, grad: torch.Tensor, title: s
 
 
 def grid_histogram(before: torch.Tensor, after: torch.Tensor, levels_after: torch.Tensor, title: str,
-                   levels_before: torch.Tensor | None = None, max_lines: int = 64):
-    """Histograms of a weight row before and after QAT, each with its grid's levels as red lines."""
+                   levels_before: torch.Tensor | None = None, max_lines: int = 64,
+                   names: tuple[str, str] = ("before QAT", "after QAT")):
+    """Histograms of two weight rows (before and after QAT, or two grids: ``names``), each with its levels as red
+    lines."""
     fig, axes = _fig(10, 3.4, 2)
     for ax, w, levels, name in zip(axes, (before, after), (levels_before if levels_before is not None else levels_after,
-                                                            levels_after), ("before QAT", "after QAT")):
+                                                            levels_after), names):
         lv = levels.flatten().detach().cpu().numpy()
         step = int(np.ceil(len(lv) / max_lines))
         ax.grid(False)
@@ -149,18 +152,28 @@ def grid_histogram(before: torch.Tensor, after: torch.Tensor, levels_after: torc
     return fig
 
 
-def scale_trajectories(scales: Mapping[str, Sequence[float]], title: str, relative: bool = True, top: int = 12):
-    """Each quantizer's scale (or α) per epoch, divided by its initial value."""
+def scale_trajectories(scales: Mapping[str, Sequence[float]], title: str, relative: bool = True):
+    """Each quantizer's scale (or α) per epoch, divided by its initial value: every quantizer of a role as a thin grey
+    line, their median in black, and the two that moved most named at their end (no legend to decode)."""
     fig, axes = _fig(10, 3.6, 2)
     for ax, role in zip(axes, ("weight", "act")):
-        names = [n for n in scales if ("weight_quantizer" in n) == (role == "weight")][:top]
-        for n in names:
-            s = np.asarray(scales[n], dtype=float)
-            ax.plot(np.arange(len(s)), s / s[0] if relative else s, marker="o", ms=3, lw=1.2,
-                    label=n.replace("_quantizer", "").replace("blocks.", "b"))
+        names = [n for n in scales if ("weight_quantizer" in n) == (role == "weight")]
+        curves = {n: np.asarray(scales[n], dtype=float) / (scales[n][0] if relative else 1.0) for n in names}
+        if not curves:
+            ax.set_axis_off()
+            continue
+        epochs = np.arange(len(next(iter(curves.values()))))
+        for c in curves.values():
+            ax.plot(epochs, c, color="0.7", lw=0.9)
+        ax.plot(epochs, np.median(np.stack(list(curves.values())), 0), color="k", lw=2, marker="o", ms=4,
+                label="median")
+        moved = sorted(curves, key=lambda n: abs(curves[n][-1] - curves[n][0]), reverse=True)[:2]
+        for k, n in enumerate(moved):
+            ax.plot(epochs, curves[n], color=PALETTE[k + 1], lw=1.6, label=n.replace("_quantizer", "")
+                    .replace("blocks.", "block "))
         ax.set(xlabel="epoch (0 = after calibration)", ylabel="s(t) / s(0)" if relative else "value",
-               title=f"{role} quantizers")
-        ax.legend(fontsize=6, ncol=2)
+               title=f"{len(curves)} {'weight' if role == 'weight' else 'activation'} quantizers", xticks=epochs)
+        ax.legend(fontsize=8, title="grey: each quantizer", title_fontsize=8)
     fig.suptitle(title)
     return fig
 
@@ -205,14 +218,16 @@ def alpha_sweep(sweep: Mapping, title: str):
 
 
 def clipped_fractions(fractions: Mapping[str, float], title: str):
-    """Share of each tensor outside its quantizer's range."""
+    """Share of each tensor outside its quantizer's range, in percent of its values (labels to 3 significant digits)."""
     names = list(fractions)
+    pct = [100 * fractions[n] for n in names]
     fig, ax = _fig(10, 3.4)
-    bars = ax.bar(range(len(names)), [100 * fractions[n] for n in names], color=PALETTE[2])
-    ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    bars = ax.bar(range(len(names)), pct, color=PALETTE[2])
+    ax.bar_label(bars, labels=["0" if v == 0 else f"{v:.3g}" for v in pct], fontsize=8)
     ax.set_xticks(range(len(names)), [n.replace("_quantizer", "").replace("blocks.", "b") for n in names],
-                  rotation=60, ha="right", fontsize=7)
-    ax.set(ylabel="% clipped", title=title)
+                  rotation=45, ha="right", fontsize=8)
+    ax.set(ylabel="% of values clipped", title=title + ("" if any(pct) else " (nothing clipped)"),
+           ylim=(0, max(max(pct) * 1.25, 1e-3)))
     return fig
 
 
@@ -302,6 +317,24 @@ def range_rules(choice: Mapping, method: str, title: str):
     b.set(ylim=(min(pct) - 3, max(max(pct), 100) + 1.5), ylabel="validation NDCG@10, % of FP32",
           title=f"{method} W8A8 before training (chosen: {choice['chosen'][method]})")
     fig.suptitle(title)
+    return fig
+
+
+def time_per_part(parts: Mapping[str, Mapping[str, float]], title: str):
+    """Stacked bars: where each path's time goes (``{path: {part: ms}}``, e.g. from ``int8.bench.time_parts``)."""
+    paths = list(parts)
+    names = list(next(iter(parts.values())))
+    fig, ax = _fig(10, 0.6 * len(paths) + 1.8)
+    left = np.zeros(len(paths))
+    for k, name in enumerate(names):
+        ms = np.array([parts[p][name] for p in paths])
+        ax.barh(paths, ms, left=left, color=PALETTE[k], label=name)
+        left += ms
+    for y, total in enumerate(left):
+        ax.text(total, y, f" {total:.2f} ms", va="center", fontsize=9)
+    ax.set(xlabel="ms per call (median)", title=title, xlim=(0, left.max() * 1.18))
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, ncol=len(names), loc="upper center", bbox_to_anchor=(0.5, -0.25))
     return fig
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -20,6 +19,7 @@ from . import experiments, files, metrics
 from .config import PROFILES, Profile, changed_settings, get_profile, results_dir, run_fields
 from .experiments import adaround_model, dataset_label, fp32_model, qat_model, run_name, shown
 from .loaders import Split
+from .machine import cpu_model, isa_flags
 from .quant import METHODS
 from .quant.export import model_bytes
 from .training import evaluate
@@ -47,7 +47,7 @@ def record(profile: Profile, run: str, method: str, weight_bits: int | None, act
         "train_seconds": round(history.get("train_seconds", history.get("seconds", 0.0)), 2),
         "seconds_per_epoch": round(history.get("seconds_per_epoch", 0.0), 3),
         "epochs": len(history.get("epochs", [])), "best_epoch": history.get("best_epoch"),
-        "device": str(next(model.parameters()).device), "cpu": platform.processor() or platform.machine(),
+        "device": str(next(model.parameters()).device), "cpu": cpu_model(), "isa": isa_flags(),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "command": command_line(),
     }

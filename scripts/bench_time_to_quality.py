@@ -24,7 +24,7 @@ from sasrec_nb import files  # noqa: E402
 
 from sasrec_nb.config import get_profile  # noqa: E402
 from sasrec_nb.experiments import dataset_label, load_split, new_model  # noqa: E402
-from sasrec_nb.int8.bench import machine_info  # noqa: E402
+from sasrec_nb.machine import machine_info  # noqa: E402
 from sasrec_nb.training import evaluate, fit  # noqa: E402
 
 REFERENCE = {"sampled100": 0.619, "full": 0.134}

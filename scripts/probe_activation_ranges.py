@@ -30,7 +30,7 @@ from sasrec_nb import files  # noqa: E402
 from sasrec_nb.config import get_profile  # noqa: E402
 from sasrec_nb.experiments import dataset_label, fp32_model, load_split  # noqa: E402
 from sasrec_nb.trace import abs_range  # noqa: E402
-from sasrec_nb.int8.bench import machine_info  # noqa: E402
+from sasrec_nb.machine import machine_info  # noqa: E402
 from sasrec_nb.loaders import calibration_sequences  # noqa: E402
 from sasrec_nb.quant import calibrate_activations, capture_inputs, quantize_model, quantizers  # noqa: E402
 from sasrec_nb.training import evaluate  # noqa: E402

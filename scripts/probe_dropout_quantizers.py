@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,10 +23,10 @@ sys.path.insert(0, str(ROOT))
 from sasrec_nb import files  # noqa: E402
 from sasrec_nb.config import get_profile  # noqa: E402
 from sasrec_nb.experiments import dataset_label, fp32_model, load_split, train_qat  # noqa: E402
-from sasrec_nb.int8.bench import machine_info  # noqa: E402
+from sasrec_nb.machine import machine_info  # noqa: E402
 from sasrec_nb.loaders import calibration_sequences  # noqa: E402
 from sasrec_nb.model import CausalSelfAttention, Dropout  # noqa: E402
-from sasrec_nb.quant import quantize_model, quantizers  # noqa: E402
+from sasrec_nb.quant import quantize_model  # noqa: E402
 from sasrec_nb.training import evaluate  # noqa: E402
 
 AFTER_DROPOUT = ("embed_out", "attn.out.input_quantizer", "ffn.fc2.input_quantizer", "ffn_out")
@@ -71,7 +70,7 @@ def main() -> int:
     for ab in args.act_bits:
         for dropout in (True, False):
             name = f"W8A{ab}, dropout {'on' if dropout else 'off'} during QAT"
-            out["runs"][name] = r = run(replace(profile), fp32, split, calib, args.method, ab, dropout)
+            out["runs"][name] = r = run(profile, fp32, split, calib, args.method, ab, dropout)
             ratios = [p["step_learned_over_calibrated"] for p in r["points_after_dropout"].values()]
             print(f"{name}: valid NDCG@10 {r['valid_ndcg@10']:.4f}; steps after dropout end at "
                   f"{min(ratios):.3f}-{max(ratios):.3f} of calibration", flush=True)

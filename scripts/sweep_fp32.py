@@ -27,7 +27,7 @@ from sasrec_nb import files  # noqa: E402
 
 from sasrec_nb.config import get_profile  # noqa: E402
 from sasrec_nb.experiments import load_split, new_model  # noqa: E402
-from sasrec_nb.int8.bench import machine_info  # noqa: E402
+from sasrec_nb.machine import machine_info  # noqa: E402
 from sasrec_nb.training import evaluate, fit  # noqa: E402
 
 DEFAULT_SETTINGS = [

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from sasrec_nb import files  # noqa: E402
 from sasrec_nb.config import get_profile  # noqa: E402
 from sasrec_nb.experiments import dataset_label, fp32_model, load_split, train_qat  # noqa: E402
-from sasrec_nb.int8.bench import machine_info  # noqa: E402
+from sasrec_nb.machine import machine_info  # noqa: E402
 from sasrec_nb.loaders import calibration_sequences  # noqa: E402
 from sasrec_nb.quant import quantize_model  # noqa: E402
 from sasrec_nb.training import evaluate  # noqa: E402

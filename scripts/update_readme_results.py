@@ -73,6 +73,11 @@ def bench_sections(folder: Path) -> list[str]:
         sizes = ", ".join(f"{s['shape']} {s['num_items']:,} items {s['int8_torch_vs_fp32']:.2f}×"
                           for s in d["sizes"])
         parts.append(f"\nSaved INT8 model size against FP32 (PyTorch back end): {sizes}.\n")
+        if "int8_pair_sums_saturate" not in m:  # written before the back end moved to plain int8 tensors
+            parts.append("These speeds were measured with the earlier PyTorch back end (fbgemm on quantized tensors, "
+                         "exact only on CPUs with VNNI) and against FP32 eager only; the current back end (oneDNN on "
+                         "plain uint8/int8 tensors, exact on every x86 CPU) has not been benchmarked into this table "
+                         "yet: run the command above to measure it.\n")
     return parts
 
 

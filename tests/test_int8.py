@@ -229,3 +229,41 @@ def test_integer_kernels_round_like_the_fake_quant_model():
     assert torch.equal(QDQ(grid)(x), expected)
     identity = Int8Linear(torch.eye(200, dtype=torch.int8), torch.ones(200), None, None, grid)
     assert torch.allclose(identity(x[None])[0], expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 10_000])
+def test_recommend_in_item_chunks_gives_the_top_10_of_the_full_scores(fp32, seqs, chunk):
+    """FP32 and INT8 alike: the top-10 taken chunk by chunk (never the B × N score matrix) are the full top-10."""
+    twin = quantized(fp32, "lsq")
+    from sasrec_nb.int8.state import Grid, model_state
+    from sasrec_nb.int8.torch_backend import Int8Head
+
+    int8 = to_int8(twin, "torch")
+    t = model_state(twin)["tensors"]
+    int8.scorer = Int8Head(t["item_emb.weight"], t["item_emb.weight_scale"], None, Grid.of(t["head_input.grid"]),
+                           chunk=chunk)
+    for model, recommend in ((fp32_scorer(fp32), lambda m: m.recommend(seqs, 10, chunk)),
+                             (int8, lambda m: m.recommend(seqs, 10))):
+        full = model.scores(seqs).topk(10, dim=1).indices.sort(1).values
+        assert torch.equal(recommend(model).sort(1).values, full)
+
+
+def test_int8_head_packs_the_table_in_chunks(fp32, seqs):
+    from sasrec_nb.int8.state import Grid, model_state
+    from sasrec_nb.int8.torch_backend import Int8Head
+
+    t = model_state(quantized(fp32, "lsq"))["tensors"]
+    head = Int8Head(t["item_emb.weight"], t["item_emb.weight_scale"], None, Grid.of(t["head_input.grid"]), chunk=64)
+    whole = Int8Head(t["item_emb.weight"], t["item_emb.weight_scale"], None, Grid.of(t["head_input.grid"]))
+    hidden = torch.randn(12, DIM)
+    assert len(head.chunks) == -(-(NUM_ITEMS + 1) // 64) and len(whole.chunks) == 1
+    assert torch.equal(head(hidden), whole(hidden))
+    assert torch.equal(head.recommend(hidden).sort(1).values, whole(hidden).topk(10).indices.sort(1).values)
+
+
+def test_time_parts_reports_every_stage_for_both_paths(fp32, seqs):
+    from sasrec_nb.int8.bench import PARTS, time_parts
+
+    for scorer in (fp32_scorer(fp32), to_int8(quantized(fp32, "lsq"), "torch")):
+        parts = time_parts(scorer, seqs[:8], repeat=3)
+        assert list(parts) == list(PARTS) and all(v >= 0 for v in parts.values()) and parts["Linears"] > 0

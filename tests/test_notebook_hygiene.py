@@ -53,11 +53,15 @@ def test_notebook_hygiene(path: Path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_structure(path: Path):
-    """Every lesson opens with what it teaches and closes with a recap (and exercises)."""
+    """Every lesson opens with what it teaches and closes with a recap, then exercises (an nbgrader assignment)."""
     nb = load(path)
     markdown = [("".join(c["source"])) for c in nb["cells"] if c["cell_type"] == "markdown"]
     assert markdown and "learn" in markdown[0].lower(), "first cell: what you will learn"
-    assert any("recap" in m.lower() for m in markdown[-3:]), "a recap near the end"
+    exercises = next(i for i, m in enumerate(markdown) if m.startswith("## Exercises"))
+    assert "## Recap" in markdown[exercises - 1], "the recap comes right before the exercises"
+    assert all("nbgrader" in c["metadata"] for c in nb["cells"][[("".join(c["source"])).startswith("## Exercises")
+                                                                 for c in nb["cells"]].index(True):]), \
+        "every exercise cell carries nbgrader metadata"
     first_code = next("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
     assert "get_profile()" in first_code, "the first code cell imports sasrec_nb and reads the profile"
 

@@ -77,3 +77,10 @@ def test_alpha_sweep_figure():
     fig = plots.alpha_sweep(sweep, "t")
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["lr 30, decay 0.0001 (valid 0.100)", "lr 30, decay 0 (valid 0.090)"]
+
+
+def test_time_per_part_figure():
+    parts = {"FP32": {"embedding": 0.1, "Linears": 0.5, "head": 0.2}, "INT8": {"embedding": 0.1, "Linears": 0.3,
+                                                                              "head": 0.1}}
+    fig = plots.time_per_part(parts, "t")
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["embedding", "Linears", "head"]

@@ -7,48 +7,18 @@ in the tests and the notebooks).
 """
 from __future__ import annotations
 
-import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..model import SASRec
+from ..model import SASRec, attention_mask
 from ..quant import calibrate_activations, quantize_model
+from .lastpos import FP32Scorer, last_block
 
 TOP_K = 10
-
-
-def cpu_model() -> str:
-    """The ``model name`` line of /proc/cpuinfo (the processor where that file is missing)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def machine_info(threads: int) -> dict:
-    """Where and how a benchmark ran: platform, CPU, library versions, threads, load, command line."""
-    try:
-        import onnxruntime
-
-        ort_version = onnxruntime.__version__
-    except ImportError:
-        ort_version = None
-    return {
-        "platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-        "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort_version,
-        "threads": threads, "load_average_1_5_15": list(os.getloadavg()),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-    }
 
 
 def set_threads(threads: int) -> None:
@@ -96,3 +66,41 @@ def synthetic_models(num_items: int, embed_dim: int, num_heads: int, num_blocks:
     qmodel = quantize_model(model, method, weight_bits=8, act_bits=8, embed_bits=8)
     calibrate_activations(qmodel, [random_seqs(num_items, 2, max_len, seed)])
     return model, qmodel.eval()
+
+
+#: the stages :func:`time_parts` reports, in the order they run
+PARTS = ("embedding", "attention, LayerNorm, residuals", "Linears", "head", "top-10")
+
+
+@torch.no_grad()
+def time_parts(scorer: nn.Module, seqs: torch.Tensor, k: int = TOP_K, repeat: int = 15) -> dict[str, float]:
+    """Median ms of each stage of the lastpos path (:data:`PARTS`) for an FP32 scorer or an integer model.
+
+    The encoder (every block, the last at the last position only, and the final LayerNorm) is timed whole; its
+    Linears are timed alone on the inputs they receive there (captured once), and the rest of the encoder is the
+    difference: attention softmax and matmuls, LayerNorms, residual adds, quantization points. No profiler: its
+    messages would reach a notebook's output."""
+    body = scorer.model if isinstance(scorer, FP32Scorer) else scorer.body
+    x, keep = body.embed(seqs)
+    mask = attention_mask(seqs)
+
+    def encoder() -> torch.Tensor:
+        h = x
+        for block in body.blocks[:-1]:
+            h = block(h, mask, keep)
+        return body.last_ln(last_block(body.blocks[-1], h, mask, keep))[:, 0]
+
+    linears = [m for m in body.blocks.modules() if m.__class__.__name__ in ("Linear", "QuantLinear", "Int8Linear")]
+    inputs: dict[int, torch.Tensor] = {}
+    handles = [m.register_forward_pre_hook(lambda mod, a, i=i: inputs.setdefault(i, a[0])) for i, m in
+               enumerate(linears)]
+    hidden = encoder()
+    for h in handles:
+        h.remove()
+    scores = scorer.head(hidden)
+    encoder_ms = median_ms(encoder, repeat=repeat)
+    linear_ms = sum(median_ms(lambda m=m, a=inputs[i]: m(a), repeat=repeat) for i, m in enumerate(linears))
+    return {"embedding": median_ms(lambda: body.embed(seqs), repeat=repeat),
+            "attention, LayerNorm, residuals": max(encoder_ms - linear_ms, 0.0), "Linears": linear_ms,
+            "head": median_ms(lambda: scorer.head(hidden), repeat=repeat),
+            "top-10": median_ms(lambda: scores.topk(k, dim=1), repeat=repeat)}

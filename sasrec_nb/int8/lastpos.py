@@ -21,6 +21,29 @@ from torch import nn
 
 from ..model import Block, attention_mask
 
+#: items scored at once by :func:`chunked_top_k`: a batch of 256 then writes 64 MB of scores, not 1 GB at 1 M items
+CHUNK_ITEMS = 1 << 16
+
+
+def chunked_top_k(score_rows, hidden: torch.Tensor, num_rows: int, k: int = 10,
+                  chunk: int = CHUNK_ITEMS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k (values, row ids) of every table row's score, scored ``chunk`` rows at a time.
+
+    ``score_rows(hidden, lo, hi)`` returns the scores ``[B, hi − lo]`` of rows lo … hi − 1. Each chunk's top-k is
+    merged with the running top-k, so at most B × (chunk + k) scores exist at once instead of B × num_rows: the
+    same recommendations (up to the order of exact ties) without materialising the score matrix.
+    """
+    best_v = best_i = None
+    for lo in range(0, num_rows, chunk):
+        hi = min(lo + chunk, num_rows)
+        v, i = score_rows(hidden, lo, hi).topk(min(k, hi - lo), dim=1)
+        i += lo
+        if best_v is not None:
+            v, j = torch.cat([best_v, v], 1).topk(min(k, v.shape[1] + best_v.shape[1]), dim=1)
+            i = torch.cat([best_i, i], 1).gather(1, j)
+        best_v, best_i = v, i
+    return best_v, best_i
+
 
 def last_block(block: Block, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """:meth:`Block.forward` for the last position only: ``[B, L, d] → [B, 1, d]``."""
@@ -66,6 +89,14 @@ class FP32Scorer(nn.Module):
     def scores(self, seqs: torch.Tensor) -> torch.Tensor:
         """``[B, num_items + 1]``, equal to ``model.scores(seqs)`` up to float rounding."""
         return self.head(last_hidden(self.model, seqs))
+
+    @torch.no_grad()
+    def recommend(self, seqs: torch.Tensor, k: int = 10, chunk: int = CHUNK_ITEMS) -> torch.Tensor:
+        """Item ids ``[B, k]`` of the top-k scores, scored in chunks of items (:func:`chunked_top_k`)."""
+        h = self.model.head_input(last_hidden(self.model, seqs))
+        table = self.model.item_table()
+        rows = lambda x, lo, hi: F.linear(x, table[lo:hi], self.bias[lo:hi])  # noqa: E731
+        return chunked_top_k(rows, h, len(table), k, chunk)[1]
 
     forward = scores
 

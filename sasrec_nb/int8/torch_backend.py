@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import SASRec
-from .lastpos import last_hidden, padding_bias
+from .lastpos import CHUNK_ITEMS, chunked_top_k, last_hidden, padding_bias
 from .state import Grid, is_quantized, state_bytes
 
 
@@ -107,19 +107,42 @@ class Int8Linear(nn.Module):
         self.register_buffer("offset", offset)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = codes_u8(x.reshape(-1, x.shape[-1]), self.grid)
+        return self.from_codes(codes_u8(x.reshape(-1, x.shape[-1]), self.grid)).view(*x.shape[:-1], -1)
+
+    def from_codes(self, u: torch.Tensor) -> torch.Tensor:
+        """The output for activation codes ``u`` [rows, in] already on this layer's grid."""
         (first, packed), *rest = self.parts
         y = _gemm(u, self.grid, packed, self.scale, self.zeros, self.bias if first == 1.0 else None)
         for factor, packed in rest:  # the split weights: y = 2 · (a part) + (b part) + bias
             y = y.mul_(first).add_(_gemm(u, self.grid, packed, self.scale, self.zeros, self.bias))
-        return add_offset_term(y, u, self.grid, self.offset).view(*x.shape[:-1], -1)
+        return add_offset_term(y, u, self.grid, self.offset)
 
 
-class Int8Head(Int8Linear):
-    """Scores = s_x s_i ⊙ (u − zp) · q_iᵀ + bias (−inf on padding) [+ o ⊗ Σ x̂] for hidden states [B, d]."""
+class Int8Head(nn.Module):
+    """Scores = s_x s_i ⊙ (u − zp) · q_iᵀ + bias (−inf on padding) [+ o ⊗ Σ x̂] for hidden states [B, d].
 
-    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, grid: Grid):
-        super().__init__(codes, scale, offset, padding_bias(codes.shape[0]), grid)
+    The table is packed in chunks of :data:`~.lastpos.CHUNK_ITEMS` rows, so :meth:`recommend` can take the top-k
+    chunk by chunk (the hidden states are quantized once) without writing the B × N score matrix."""
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, grid: Grid,
+                 chunk: int = CHUNK_ITEMS):
+        super().__init__()
+        self.grid, self.num_rows = grid, codes.shape[0]
+        bias = padding_bias(codes.shape[0])
+        self.chunks = nn.ModuleList(
+            Int8Linear(codes[lo:lo + chunk], scale[lo:lo + chunk], None if offset is None else offset[lo:lo + chunk],
+                       bias[lo:lo + chunk], grid) for lo in range(0, codes.shape[0], chunk))
+        self.chunk = chunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = codes_u8(x, self.grid)
+        return torch.cat([c.from_codes(u) for c in self.chunks], dim=1)
+
+    def recommend(self, x: torch.Tensor, k: int = 10) -> torch.Tensor:
+        """Row ids ``[B, k]`` of the top-k scores, chunk by chunk (:func:`~.lastpos.chunked_top_k`)."""
+        u = codes_u8(x, self.grid)
+        rows = lambda _, lo, hi: self.chunks[lo // self.chunk].from_codes(u)  # noqa: E731
+        return chunked_top_k(rows, u, self.num_rows, k, self.chunk)[1]
 
 
 class Int8Embedding(nn.Module):
@@ -204,6 +227,11 @@ class Int8SASRec(nn.Module):
     def scores(self, seqs: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, num_items + 1]`` of the item after the last position; column 0 is −inf."""
         return self.scorer(last_hidden(self.body, seqs))
+
+    @torch.no_grad()
+    def recommend(self, seqs: torch.Tensor, k: int = 10) -> torch.Tensor:
+        """Item ids ``[B, k]`` of the top-k scores, without the full score matrix (chunks of items)."""
+        return self.scorer.recommend(last_hidden(self.body, seqs), k)
 
     forward = scores
 

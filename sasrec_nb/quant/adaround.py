@@ -42,7 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .adaround_quantizer import (CHUNK, EVAL_ROWS, HEAD_ROWS, AdaRoundQuantizer, FixedQuantizer, act_quantizer,
-                                 beta_schedule, mse_step, rectified_sigmoid, weight_quantizer)
+                                 beta_schedule, mse_step, rectified_sigmoid, rounding_regularizer, weight_quantizer)
 from .apply import calibrate_activations, quantize_model, quantizers
 from .core import Quantizer, QuantLinear
 from .ranges import DEFAULT
@@ -274,4 +274,4 @@ def from_state(model: nn.Module, state: dict, weight_bits: int, act_bits: int, e
 
 
 __all__ = ["AdaRoundQuantizer", "FixedQuantizer", "act_quantizer", "beta_schedule", "calibrate", "from_state",
-           "mse_step", "rectified_sigmoid", "weight_quantizer"]
+           "mse_step", "rectified_sigmoid", "rounding_regularizer", "weight_quantizer"]

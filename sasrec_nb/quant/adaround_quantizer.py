@@ -31,6 +31,11 @@ def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
 
 
+def rounding_regularizer(v: torch.Tensor, beta: float) -> torch.Tensor:
+    """f_reg(V) = Σ (1 − |2h(V) − 1|^β): 1 at h = ½, 0 at h ∈ {0, 1}; a large β flattens it away from ½."""
+    return (1 - (2 * rectified_sigmoid(v) - 1).abs().pow(beta)).sum()
+
+
 def mse_step(x: torch.Tensor, axis: int | None, lo: int, hi: int, p: float = GRID_P) -> torch.Tensor:
     """Per-channel step (1 − 0.01k)·max|x|/q_max, k < 80, with the smallest mean |x − x̂|^p (BRECQ)."""
     amax = reduce_except(x, axis).clamp_min(1e-8)
@@ -97,8 +102,8 @@ class AdaRoundQuantizer(UniformQuantizer):
         return rectified_sigmoid(self.v)
 
     def regularizer(self, beta: float) -> torch.Tensor:
-        """f_reg = Σ (1 − |2h(V) − 1|^β): 1 at h = ½, 0 at h ∈ {0, 1}."""
-        return (1 - (2 * self.h() - 1).abs().pow(beta)).sum()
+        """f_reg of this quantizer's V (:func:`rounding_regularizer`)."""
+        return rounding_regularizer(self.v, beta)
 
     def _check(self, x: torch.Tensor) -> None:
         if self.v is None:

@@ -69,13 +69,19 @@ def apot_terms(B: int) -> tuple[tuple[int, ...], ...]:
     return tuple((i + 1,) if 2 * i + 1 == B else tuple(i + j * n + 1 for j in range(3)) for i in range(n))
 
 
+def levels_from_terms(terms: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+    """Every sum of one option per term, each term offering 0 or 2^−e for its exponents e, sorted and normalised so
+    that the largest is 1 (the paper's γ): the APoT level set of those terms."""
+    options = [(0.0, *(2.0**-e for e in term)) for term in terms]
+    sums = torch.tensor(sorted({sum(c) for c in itertools.product(*options)}), dtype=torch.float64)
+    return (sums / sums[-1]).float()
+
+
 def apot_levels(B: int) -> torch.Tensor:
     """Sorted normalised APoT magnitudes in [0, 1] (max 1): 2, 4, 8, 16, 32, 64, 128, 256 for B = 1..8."""
     if not 1 <= B <= 8:
         raise ValueError(f"APoT levels are defined for 1 to 8 bits, got {B!r}")
-    options = [(0.0, *(2.0**-e for e in term)) for term in apot_terms(B)]
-    sums = torch.tensor(sorted({sum(c) for c in itertools.product(*options)}), dtype=torch.float64)
-    return (sums / sums[-1]).float()
+    return levels_from_terms(apot_terms(B))
 
 
 class MidpointBins(nn.Module):
