@@ -152,9 +152,36 @@ def grid_histogram(before: torch.Tensor, after: torch.Tensor, levels_after: torc
     return fig
 
 
-def scale_trajectories(scales: Mapping[str, Sequence[float]], title: str, relative: bool = True):
+def _mark_kept(ax, best_epoch: int | None) -> None:
+    """A dashed line at the epoch QAT keeps (the best on validation; the model evaluated is that one)."""
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="k", ls="--", lw=1, label=f"kept: epoch {best_epoch} (best validation)")
+
+
+def code_changes(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor], title: str):
+    """How far QAT moved each weight on its integer grid: per layer, the share of codes that changed (left) and, over
+    all layers, how many steps they moved (right, log scale)."""
+    names = list(before)
+    changed = [100 * (after[n] != before[n]).float().mean().item() for n in names]
+    delta = torch.cat([(after[n].long() - before[n].long()).flatten() for n in names])
+    fig, (a, b) = _fig(10, 3.6, 2)
+    a.barh(range(len(names)), changed, color=PALETTE[0])
+    a.set_yticks(range(len(names)), [n.replace("blocks.", "b") for n in names], fontsize=8)
+    a.invert_yaxis()
+    a.set(xlabel="% of weights whose code changed", title="per layer")
+    steps, counts = torch.unique(delta, return_counts=True)
+    b.bar(steps.numpy(), counts.numpy(), color=PALETTE[1])
+    b.set(yscale="log", xlabel="code after − code before (grid steps)", ylabel="weights",
+          title="how far they moved, all layers")
+    fig.suptitle(title)
+    return fig
+
+
+def scale_trajectories(scales: Mapping[str, Sequence[float]], title: str, relative: bool = True,
+                       best_epoch: int | None = None):
     """Each quantizer's scale (or α) per epoch, divided by its initial value: every quantizer of a role as a thin grey
-    line, their median in black, and the two that moved most named at their end (no legend to decode)."""
+    line, their median in black, and the two that moved most named at their end (no legend to decode); a dashed line
+    marks ``best_epoch``, the epoch whose weights QAT keeps."""
     fig, axes = _fig(10, 3.6, 2)
     for ax, role in zip(axes, ("weight", "act")):
         names = [n for n in scales if ("weight_quantizer" in n) == (role == "weight")]
@@ -171,6 +198,7 @@ def scale_trajectories(scales: Mapping[str, Sequence[float]], title: str, relati
         for k, n in enumerate(moved):
             ax.plot(epochs, curves[n], color=PALETTE[k + 1], lw=1.6, label=n.replace("_quantizer", "")
                     .replace("blocks.", "block "))
+        _mark_kept(ax, best_epoch)
         ax.set(xlabel="epoch (0 = after calibration)", ylabel="s(t) / s(0)" if relative else "value",
                title=f"{len(curves)} {'weight' if role == 'weight' else 'activation'} quantizers", xticks=epochs)
         ax.legend(fontsize=8, title="grey: each quantizer", title_fontsize=8)
@@ -180,12 +208,14 @@ def scale_trajectories(scales: Mapping[str, Sequence[float]], title: str, relati
 
 def clip_trajectories(history: Mapping, suffix: str = "ffn.fc2.input_quantizer", title: str = ""):
     """For the quantizers whose name ends with ``suffix``: the clip level (α, or the range a step spans) per epoch
-    against the 99th / 99.9th percentile and the max of its input (real positions), and the share clipped."""
+    against the 99th / 99.9th percentile and the max of its input (real positions), and the share clipped; a dashed
+    line marks the epoch QAT keeps (``history["best_epoch"]``)."""
     stats = history["quantizer_stats"]
     names = [n for n in stats if n.endswith(suffix)]
     fig, axes = _fig(10, 3.4, len(names) + 1)
     for ax, name in zip(axes, names):
         epochs = np.arange(len(stats[name]))
+        _mark_kept(ax, history.get("best_epoch"))
         ax.plot(epochs, history["quantizer_scales"][name], "o-", color="k", label="α")
         for key, style, color in (("p99", ":", PALETTE[2]), ("p999", "--", PALETTE[0]), ("max", "-.", PALETTE[1])):
             ax.plot(epochs, [s[key] for s in stats[name]], style, color=color, label=key)
@@ -278,16 +308,14 @@ def quality_vs_bits(results: pd.DataFrame, title: str = "quality against weight 
 
 def activation_ranges(points: Mapping[str, Mapping], title: str = "activation ranges of the FP32 model"):
     """Per quantization point, on a log axis: the 99th and 99.9th percentile and the max of |x| over real
-    positions, and the max the calibration saw (the span of a fixed abs-max grid)."""
+    positions (the max is the span of a fixed abs-max grid)."""
     names = list(points)
     y = np.arange(len(names))
     fig, ax = _fig(8, 0.28 * len(names) + 1.8)
     for key, label, marker, color in (("p99", "99th percentile of |x|", "|", PALETTE[2]),
                                       ("p999", "99.9th percentile", "x", PALETTE[0]),
-                                      ("max", "max |x|", "o", PALETTE[1]),
-                                      ("calibrated_max", "max seen by calibration (grid span)", "s", "k")):
-        ax.scatter([points[n][key] for n in names], y, marker=marker, color=color, label=label, zorder=3,
-                   facecolors="none" if marker == "s" else None)
+                                      ("max", "max |x| (abs-max grid span)", "o", PALETTE[1])):
+        ax.scatter([points[n][key] for n in names], y, marker=marker, color=color, label=label, zorder=3)
     labels = [n.replace(".input_quantizer", " input") for n in names]
     ax.set(yticks=y, yticklabels=labels, xscale="log", xlabel="|x| over the calibration sequences", title=title)
     ax.invert_yaxis()

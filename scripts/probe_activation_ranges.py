@@ -1,18 +1,16 @@
-"""What a fixed abs-max activation grid costs the FP32 model, and at which quantization point.
+"""What a fixed activation grid costs the FP32 model, by range rule, and at which quantization point.
 
     python scripts/probe_activation_ranges.py [--profile full] [--out results/analysis/activation_ranges_full.json]
 
-DoReFa (as adapted here) and AdaRound keep every activation grid where calibration put it: step =
-max|x| / q_max over the calibration sequences. The other four methods start there and then learn the
-range. This probe measures, on the profile's FP32 checkpoint:
+DoReFa (as adapted here) and AdaRound keep every activation grid where calibration put it, with a range set by a
+rule (abs-max, percentile or MSE: ``sasrec_nb.quant.ranges``). The other four methods start from a calibrated grid
+and then learn the range. This probe measures, on the profile's FP32 checkpoint:
 
-* per quantization point: the 99th and 99.9th percentile and the max of |x| over the real positions
-  of the calibration sequences, the max the calibration saw (it runs on padded sequences, so padding
-  positions count too) and the 8-bit step that max gives;
-* test metrics (both protocols) of the FP32 model with only its activations on fixed 8-bit abs-max
-  grids (weights FP32): as calibrated, with every grid set from the real positions only, and as
-  calibrated but with the heaviest-tailed point (largest max / 99th percentile) left in FP32; and with
-  only its weights at 8 bits (per-row abs-max, round to nearest: where STE starts).
+* per quantization point: the 99th and 99.9th percentile and the max of |x| over the real positions of the
+  calibration sequences (calibration, too, sees real positions only), and the 8-bit step of an abs-max grid;
+* test metrics (both protocols) of the FP32 model with only its activations on fixed 8-bit grids (weights FP32)
+  set by each rule, with the heaviest-tailed point (largest max / 99th percentile) left in FP32 under abs-max, and
+  with only its weights at 8 bits (per-row abs-max, round to nearest: where STE starts).
 """
 from __future__ import annotations
 
@@ -38,17 +36,14 @@ from sasrec_nb.training import evaluate  # noqa: E402
 BITS = 8
 
 
-def act_only(fp32: torch.nn.Module, calib: torch.Tensor, keep_fp32: str | None = None,
-             real_max: dict[str, float] | None = None) -> torch.nn.Module:
-    """The FP32 model with fixed abs-max activation grids (AdaRound's, = DoReFa's start), weights FP32;
-    ``real_max`` replaces each calibrated max by the one over real positions."""
-    model = quantize_model(fp32, "adaround", BITS, BITS, BITS)
+def act_only(fp32: torch.nn.Module, calib: torch.Tensor, rule: str = "absmax",
+             keep_fp32: str | None = None) -> torch.nn.Module:
+    """The FP32 model with fixed activation grids set by ``rule`` (AdaRound's fixed grids), weights FP32."""
+    model = quantize_model(fp32, "adaround", BITS, BITS, BITS, act_range_rule=rule)
     for q in quantizers(model, "weight").values():
         q.enabled = False
     calibrate_activations(model, calib.split(256))
     for name, q in quantizers(model, "act").items():
-        if real_max is not None:
-            q.step.data.fill_(real_max[name] / q.qrange[1])
         q.enabled = name != keep_fp32
     return model
 
@@ -73,7 +68,6 @@ def main(argv: list[str]) -> int:
 
     as_calibrated = act_only(fp32, calib)
     acts = quantizers(as_calibrated, "act")
-    calibrated = {n: q.step.item() * q.qrange[1] for n, q in acts.items()}
     inputs: dict[str, list[torch.Tensor]] = {n: [] for n in acts}
     for q in acts.values():  # FP32 inputs at every point while they are captured
         q.enabled = False
@@ -89,18 +83,17 @@ def main(argv: list[str]) -> int:
     points = {}
     for n in acts:
         points[n] = abs_range(torch.cat(inputs[n]), sample=2_000_000)
-        points[n]["calibrated_max"] = calibrated[n]
-        points[n]["step_at_8_bits"] = calibrated[n] / acts[n].qrange[1]
+        points[n]["step_at_8_bits"] = points[n]["max"] / acts[n].qrange[1]
     heaviest = max(points, key=lambda n: points[n]["max"] / points[n]["p99"])
     print(f"heaviest tail: {heaviest} ({points[heaviest]})", flush=True)
 
-    real_max = {n: p["max"] for n, p in points.items()}
-    fixed = f"activations only, fixed abs-max W32A{BITS}"
+    fixed = f"activations only, fixed W32A{BITS}"
     models = {
         "fp32": fp32,
-        fixed: as_calibrated,
-        f"{fixed}, grids from real positions only": act_only(fp32, calib, real_max=real_max),
-        f"{fixed}, {heaviest} in FP32": act_only(fp32, calib, keep_fp32=heaviest),
+        f"{fixed}, abs-max": as_calibrated,
+        f"{fixed}, percentile": act_only(fp32, calib, "percentile"),
+        f"{fixed}, mse": act_only(fp32, calib, "mse"),
+        f"{fixed}, abs-max, {heaviest} in FP32": act_only(fp32, calib, keep_fp32=heaviest),
         f"weights only, per-row abs-max W{BITS}A32": weights_only(fp32, calib),
     }
     test = {}
@@ -112,7 +105,7 @@ def main(argv: list[str]) -> int:
         "what": "activation ranges of the FP32 model at each quantization point, and the cost of fixed abs-max grids",
         "profile": profile.name, "dataset": dataset_label(profile.dataset), "bits": BITS,
         "calibration_sequences": len(calib),
-        "positions": "p99, p999, max: real items only; calibrated_max: all positions calibration saw (padding too)",
+        "positions": "p99, p999, max: real items only (as calibration sees them)",
         "points": points, "heaviest_tail": heaviest, "test": test,
         "machine": machine_info(torch.get_num_threads()),
         "command": "python scripts/probe_activation_ranges.py " + " ".join(argv),

@@ -46,8 +46,8 @@ def test_quantization_figures():
     plots.clipped_fractions({"a": 0.01, "b": 0.0}, "t")
     plots.levels_compare({"u": torch.linspace(0, 1, 4), "p": torch.tensor([0, 0.25, 0.5, 1.0])}, "t")
     r = {"full": {"ndcg@10": 0.1, "hit@10": 0.2}, "sampled100": {"ndcg@10": 0.4, "hit@10": 0.6}}
-    points = {"a.input_quantizer": {"p99": 1.0, "p999": 2.0, "max": 5.0, "calibrated_max": 9.0},
-              "b_out": {"p99": 0.5, "p999": 1.0, "max": 1.5, "calibrated_max": 1.5}}
+    points = {"a.input_quantizer": {"p99": 1.0, "p999": 2.0, "max": 5.0},
+              "b_out": {"p99": 0.5, "p999": 1.0, "max": 1.5}}
     assert plots.activation_ranges(points).get_figwidth() == 8
     table = plots.quality_table({"q": r}, r)
     assert table.loc["q", "% of FP32 (full NDCG@10)"] == 100.0
@@ -84,3 +84,10 @@ def test_time_per_part_figure():
                                                                               "head": 0.1}}
     fig = plots.time_per_part(parts, "t")
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["embedding", "Linears", "head"]
+
+
+def test_code_changes_figure():
+    before = {"blocks.0.a": torch.tensor([1, 2, 3, 4]), "blocks.1.b": torch.tensor([0, 0, 5, 5])}
+    after = {"blocks.0.a": torch.tensor([1, 3, 3, 2]), "blocks.1.b": torch.tensor([0, 0, 5, 5])}
+    fig = plots.code_changes(before, after, "t")
+    assert [round(p.get_width()) for p in fig.axes[0].patches] == [50, 0]

@@ -21,7 +21,7 @@ def tiny():
     return model, seqs
 
 
-def test_act_only_quantizes_activations_on_the_calibrated_abs_max_grid():
+def test_act_only_quantizes_activations_on_fixed_grids_by_rule():
     model, seqs = tiny()
     q = probe.act_only(model, seqs)
     assert all(not wq.enabled for wq in quantizers(q, "weight").values())
@@ -29,9 +29,10 @@ def test_act_only_quantizes_activations_on_the_calibrated_abs_max_grid():
     assert all(a.enabled for a in acts.values())
     with torch.no_grad():
         assert not torch.allclose(q(seqs), model(seqs))
-    real_max = {n: 1.0 for n in acts}
-    moved = quantizers(probe.act_only(model, seqs, real_max=real_max), "act")
-    assert all(abs(a.step.item() * a.qrange[1] - 1.0) < 1e-6 for a in moved.values())
+    for rule in ("percentile", "mse"):
+        ruled = quantizers(probe.act_only(model, seqs, rule), "act")
+        assert all(r.range_rule == rule and r.scale.item() <= a.scale.item() * (1 + 1e-6)
+                   for r, a in zip(ruled.values(), acts.values()))  # never beyond the abs-max grid
     name = next(iter(acts))
     kept = quantizers(probe.act_only(model, seqs, keep_fp32=name), "act")
     assert not kept[name].enabled and sum(a.enabled for a in kept.values()) == len(acts) - 1
