@@ -89,7 +89,7 @@ def fp32_model(profile: Profile, force: bool = False) -> tuple[SASRec, dict]:
     if ckpt is not None:
         load_into(model, ckpt["state_dict"], str(shown(path)))
         return model.eval(), ckpt["meta"].get("history", {})
-    history = fit(model, split, profile)
+    history = fit(model, split, profile, resume=path.with_suffix(".resume.pt"))  # a stopped run continues
     save_checkpoint(path, model, {"profile": profile.to_dict(), "history": history})
     files.write_json(path.with_suffix(".json"), history)
     return model.eval(), history

@@ -133,6 +133,7 @@ def fit(
     schedule: str | None = None,
     windows: str | None = None,
     on_epoch=None,
+    resume: Path | None = None,
 ) -> dict:
     """Train ``model`` on ``split.train``; returns the history and leaves the best weights loaded.
 
@@ -140,6 +141,10 @@ def fit(
     can give quantizer parameters their own learning rate; ``schedule`` and ``windows`` override the
     profile's (QAT fine-tunes with a cosine decay, on ``profile.qat_windows``). ``on_epoch(epoch, model)``
     is called after every epoch (QAT notebooks record scales there).
+
+    With ``resume`` (a file path) the whole training state is saved there after every validation and a run
+    that finds the file continues from it, reaching exactly the weights and history of an uninterrupted run
+    (the full profile's FP32 run takes over an hour on a laptop). The file is removed when the run ends.
     """
     epochs = profile.epochs if epochs is None else epochs
     patience = profile.patience if patience is None else patience
@@ -161,8 +166,25 @@ def fit(
     gen = torch.Generator().manual_seed(profile.seed)
     history: dict = {"epochs": [], "best_epoch": None, "stopped_early": False}
     best, best_state, bad = -math.inf, None, 0
-    started = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    run = {"profile": profile.to_dict(), "epochs": epochs, "lr": lr, "patience": patience, "eval_every": eval_every,
+           "schedule": schedule, "windows": windows}
+    first, elapsed = 1, 0.0
+    if resume is not None and Path(resume).exists():
+        state = read_training_state(Path(resume), run)
+        load_into(model, state["model"], f"training state {resume}")
+        for obj, saved in zip(optimizers + schedulers, state["optimizers"] + state["schedulers"]):
+            obj.load_state_dict(saved)
+        torch.set_rng_state(state["rng"])
+        gen.set_state(state["gen"])
+        loader.generator.set_state(state["loader_gen"])
+        history, best, best_state, bad = state["history"], state["best"], state["best_state"], state["bad"]
+        first, elapsed = state["epoch"] + 1, state["elapsed"]
+        if bad >= patience:  # stopped right after its last save
+            first, history["stopped_early"] = epochs + 1, True
+        if progress:
+            tqdm.write(f"resuming from epoch {state['epoch']} ({resume}; delete it to start over)")
+    started = time.perf_counter() - elapsed
+    for epoch in range(first, epochs + 1):
         model.train()
         t0, total, steps = time.perf_counter(), 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress)
@@ -189,6 +211,12 @@ def fit(
                 tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.4f} · valid NDCG@10 {row['ndcg@10']:.4f} "
                            f"(full), {row['sampled100_ndcg10']:.4f} (sampled100)")
         history["epochs"].append(row)
+        if resume is not None and "ndcg@10" in row:
+            save_training_state(Path(resume), {
+                "run": run, "epoch": epoch, "elapsed": time.perf_counter() - started, "model": model.state_dict(),
+                "optimizers": [o.state_dict() for o in optimizers], "schedulers": [s.state_dict() for s in schedulers],
+                "rng": torch.get_rng_state(), "gen": gen.get_state(), "loader_gen": loader.generator.get_state(),
+                "history": history, "best": best, "best_state": best_state, "bad": bad})
         if on_epoch is not None:
             on_epoch(epoch, model)
         if bad >= patience:
@@ -198,7 +226,31 @@ def fit(
         model.load_state_dict(best_state)
     history["train_seconds"] = time.perf_counter() - started
     history["seconds_per_epoch"] = sum(r["seconds"] for r in history["epochs"]) / len(history["epochs"])
+    if resume is not None:
+        Path(resume).unlink(missing_ok=True)
     return history
+
+
+def save_training_state(path: Path, state: dict) -> None:
+    """Everything :func:`fit` needs to continue a run (weights, optimizers, random states, history), atomically."""
+    with files.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def read_training_state(path: Path, run: dict) -> dict:
+    """A state saved by :func:`fit` for the same run settings (``weights_only``); a clear error otherwise."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"{path} is not a readable training state ({type(e).__name__}); delete it to "
+                           "train from the start") from e
+    if not isinstance(state, dict) or "run" not in state:
+        raise RuntimeError(f"{path} is not a training state saved by fit; delete it to train from the start")
+    if state["run"] != run:
+        changed = sorted(k for k in set(run) | set(state["run"]) if run.get(k) != state["run"].get(k))
+        raise RuntimeError(f"{path} holds a run with other settings ({', '.join(changed)} differ); delete it to "
+                           "train from the start, or restore the settings it was saved with")
+    return state
 
 
 # -- checkpoints -----------------------------------------------------------------------------------

@@ -300,3 +300,44 @@ def test_a_profile_no_run_could_use_is_refused(override, message):
 def test_fit_refuses_bad_overrides_before_training(split, override, message):
     with pytest.raises(ValueError, match=message):
         T.fit(new_model(split), split, PROFILE, **override)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(split, tmp_path):
+    state = tmp_path / "fp32.resume.pt"
+    whole_model = new_model(split)
+    whole = T.fit(whole_model, split, PROFILE, epochs=6, eval_every=2, patience=9)
+
+    def stop_at_4(epoch, model):
+        if epoch == 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        T.fit(new_model(split), split, PROFILE, epochs=6, eval_every=2, patience=9, resume=state, on_epoch=stop_at_4)
+    assert state.exists()
+    resumed_model = new_model(split, seed=1)  # the saved state, not the start, decides the result
+    resumed = T.fit(resumed_model, split, PROFILE, epochs=6, eval_every=2, patience=9, resume=state)
+    assert not state.exists()
+    losses = lambda h: [r["train_loss"] for r in h["epochs"]]  # noqa: E731
+    assert losses(resumed) == losses(whole) and len(losses(whole)) == 6
+    assert resumed["best_epoch"] == whole["best_epoch"]
+    for k, v in whole_model.state_dict().items():
+        assert torch.equal(v, resumed_model.state_dict()[k]), k
+
+
+def test_a_training_state_of_other_settings_is_refused(split, tmp_path):
+    state = tmp_path / "fp32.resume.pt"
+
+    def stop(epoch, model):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        T.fit(new_model(split), split, PROFILE, epochs=4, eval_every=1, resume=state, on_epoch=stop)
+    with pytest.raises(RuntimeError, match="other settings.*lr.*delete it"):
+        T.fit(new_model(split), split, PROFILE, epochs=4, eval_every=1, lr=1e-2, resume=state)
+    state.write_bytes(b"cut")
+    with pytest.raises(RuntimeError, match="not a readable training state.*delete it"):
+        T.fit(new_model(split), split, PROFILE, epochs=4, eval_every=1, resume=state)
