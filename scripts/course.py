@@ -18,6 +18,7 @@ cache: float sums in another order, as on another CPU). It fails if the tests ch
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import venv
@@ -33,9 +34,16 @@ def venv_python() -> Path:
     return VENV / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
 
 
+def activated() -> dict[str, str]:
+    """The environment an activated ``.venv`` gives: its scripts first on PATH (JupyterLab's terminals and nbgrader,
+    which runs its ``alembic`` command, need them)."""
+    scripts = venv_python().parent
+    return {**os.environ, "VIRTUAL_ENV": str(VENV), "PATH": os.pathsep.join([str(scripts), os.environ.get("PATH", "")])}
+
+
 def run(python: Path, *args: str) -> None:
     print("+", Path(python).name, *args, flush=True)
-    subprocess.run([str(python), *args], cwd=ROOT, check=True)
+    subprocess.run([str(python), *args], cwd=ROOT, check=True, env=activated())
 
 
 def has_module(python: Path, name: str) -> bool:
@@ -77,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     python = setup(args.torch, args.torch_index)
     if args.command == "lab":
-        return subprocess.run([str(python), "-m", "jupyter", "lab", "notebooks/"], cwd=ROOT).returncode
+        return subprocess.run([str(python), "-m", "jupyter", "lab", "notebooks/"], cwd=ROOT, env=activated()).returncode
     if args.command == "test":
         before = tracked_state()
         for test in TESTS:

@@ -1,5 +1,6 @@
 """The README's commands, scripts/course.py and .ci/run say the same thing."""
 import importlib.util
+import os
 import re
 import shlex
 from pathlib import Path
@@ -36,3 +37,10 @@ def test_ci_runs_the_course_script_and_checks_the_checkout_is_clean():
 
 def test_the_two_set_up_commands_are_in_the_readme():
     assert readme_block("## Set up and run")[:2] == ["python scripts/course.py lab", "python scripts/course.py test"]
+
+
+def test_course_py_runs_its_commands_as_in_an_activated_environment():
+    env = course().activated()
+    scripts = str(course().venv_python().parent)
+    assert env["PATH"].split(os.pathsep)[0] == scripts  # nbgrader calls `alembic`, Lab's terminals call pip
+    assert env["VIRTUAL_ENV"] == str(course().VENV)

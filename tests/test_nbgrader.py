@@ -20,7 +20,10 @@ ASSIGNMENT = "qat"
 
 
 def nbgrader(course: Path, *args: str) -> None:
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    # nbgrader runs its database migrations with the `alembic` command: the environment's scripts must be on PATH
+    # even when the interpreter was started by its full path, without activating the environment
+    env = {**os.environ, "PYTHONHASHSEED": "0",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     done = subprocess.run([sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={course}"], cwd=course,
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
