@@ -367,19 +367,20 @@ def time_per_part(parts: Mapping[str, Mapping[str, float]], title: str):
 
 
 def int8_speedup(bench: Mapping, shape: str = "quick"):
-    """INT8 speed-up over FP32 PyTorch eager against catalogue size: head and whole model, per batch size."""
+    """INT8 speed-up over the best FP32 path of each row (eager, ``torch.compile`` or onnxruntime) against
+    catalogue size: head and whole model, per batch size; below the dotted line INT8 is slower."""
     rows = [r for r in bench["results"] if r["shape"] == shape]
     fig, axes = _fig(10, 3.8, 2)
     for ax, part in zip(axes, ("head", "model")):
         for backend, style in (("int8_onnx", "-"), ("int8_torch", "--")):
             for batch, color in zip(sorted({r["batch"] for r in rows}), PALETTE):
-                pts = sorted((r["num_items"], r["speedup_vs_fp32_eager"][backend]) for r in rows
-                             if r["part"] == part and r["batch"] == batch and backend in r["speedup_vs_fp32_eager"])
+                pts = sorted((r["num_items"], r["speedup_vs_best_fp32"][backend]) for r in rows
+                             if r["part"] == part and r["batch"] == batch)
                 if pts:
                     ax.plot(*zip(*pts), style, marker="o", color=color,
                             label=f"{backend.replace('int8_', '')}, batch {batch}")
         ax.axhline(1, color="k", lw=1, ls=":")
-        ax.set(xscale="log", xlabel="items in the catalogue", ylabel="speed-up vs FP32 eager",
+        ax.set(xscale="log", xlabel="items in the catalogue", ylabel="speed-up vs the best FP32",
                title="scoring head" if part == "head" else "whole model")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"INT8 speed-up on {bench['machine'].get('threads')} CPU threads ({shape}-profile shape)")

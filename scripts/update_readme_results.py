@@ -58,26 +58,42 @@ def bench_sections(folder: Path) -> list[str]:
                      f"{reached}.\n")
     speed = folder / "int8_speed.json"
     if speed.exists():
-        d = json.loads(speed.read_text())
-        m = d["machine"]
-        parts.append(f"**Real INT8 speed** (`{m['command']}`; {m['cpu']}, {m['threads']} threads, torch {m['torch']}, "
-                     f"onnxruntime {m['onnxruntime']}; {d['timed']}). Speed-up = FP32 PyTorch eager time / INT8 time; "
-                     "the last column is onnxruntime INT8 against onnxruntime FP32:\n")
-        parts.append("| shape | part | items | batch | FP32 eager ms | INT8 PyTorch | INT8 onnxruntime "
-                     "| ORT INT8 / ORT FP32 |\n|---|---|---|---|---|---|---|---|")
-        for r in d["results"]:
-            x = r["speedup_vs_fp32_eager"]
-            parts.append(f"| {r['shape']} (d {r['embed_dim']}, L {r['max_len']}) | {r['part']} | {r['num_items']:,} | "
-                         f"{r['batch']} | {r['ms']['fp32_eager']:.2f} | {x['int8_torch']:.2f}× | "
-                         f"{x['int8_onnx']:.2f}× | {r['int8_onnx_vs_fp32_onnx']:.2f}× |")
-        sizes = ", ".join(f"{s['shape']} {s['num_items']:,} items {s['int8_torch_vs_fp32']:.2f}×"
-                          for s in d["sizes"])
-        parts.append(f"\nSaved INT8 model size against FP32 (PyTorch back end): {sizes}.\n")
-        if "int8_pair_sums_saturate" not in m:  # written before the back end moved to plain int8 tensors
-            parts.append("These speeds were measured with the earlier PyTorch back end (fbgemm on quantized tensors, "
-                         "exact only on CPUs with VNNI) and against FP32 eager only; the current back end (oneDNN on "
-                         "plain uint8/int8 tensors, exact on every x86 CPU) has not been benchmarked into this table "
-                         "yet: run the command above to measure it.\n")
+        parts += int8_speed_section(json.loads(speed.read_text()))
+    return parts
+
+
+def int8_speed_section(d: dict) -> list[str]:
+    """The INT8 benchmark: every row against the best FP32 path, the issue's targets, the size and memory figures."""
+    from sasrec_nb.int8.bench import target_check
+
+    m = d["machine"]
+    isa = ", ".join(f for f, on in m["isa"]["flags"].items() if on) or "none of the listed"
+    kernel = ("its u8 × s8 kernel adds pairs of products in 16 bits (no VNNI), so the PyTorch back end runs each "
+              "Linear as two exact GEMMs" if m["int8_pair_sums_saturate"] else "its u8 × s8 kernel is exact in one GEMM")
+    parts = [f"**Real INT8 speed** (`{m['command']}`; {m['cpu']}, ISA {isa}: {kernel}; {m['threads']} threads, "
+             f"torch {m['torch']}, onnxruntime {m['onnxruntime']}; {d['timed']}). Speed-up = time of the fastest FP32 "
+             "path of the row (PyTorch eager, `torch.compile` or onnxruntime: *best FP32*) / INT8 time:\n",
+             "| shape | part | items | batch | best FP32 | its ms | INT8 PyTorch | INT8 onnxruntime "
+             "| FP32 eager ms | FP32 compile ms | FP32 onnxruntime ms |\n|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in d["results"]:
+        x, ms = r["speedup_vs_best_fp32"], r["ms"]
+        parts.append(f"| {r['shape']} (d {r['embed_dim']}, L {r['max_len']}) | {r['part']} | {r['num_items']:,} | "
+                     f"{r['batch']} | {r['best_fp32'].replace('fp32_', '')} | {ms[r['best_fp32']]:.2f} | "
+                     f"{x['int8_torch']:.2f}× | {x['int8_onnx']:.2f}× | {ms['fp32_eager']:.2f} | "
+                     f"{ms['fp32_compile']:.2f} | {ms['fp32_onnx']:.2f} |")
+    checks = target_check(d)
+    if checks:
+        parts.append("\nTargets (quick shape, best INT8 path against the best FP32): " + "; ".join(
+            f"{c['part']} {c['items']:,} items batch {c['batch']} ≥ {c['target']:g}×: {c['speedup']:.2f}× "
+            f"({c['best_int8'].replace('int8_', '')}, {'met' if c['met'] else '**missed**'})" for c in checks) + ".")
+    sizes = ", ".join(f"{s['shape']} {s['num_items']:,} items {s['int8_torch_vs_fp32']:.2f}×" for s in d["sizes"])
+    parts.append(f"\nSaved INT8 model size against FP32 (PyTorch back end): {sizes}.\n")
+    if d.get("memory"):
+        mem = d["memory"][0]
+        parts.append(f"Peak memory, batch {mem['batch']} against {mem['num_items']:,} items ({mem['shape']} shape; "
+                     "the whole score matrix then top-10, or the top-10 kept over chunks of items with `recommend`): "
+                     + ", ".join(f"{x['path'].replace('_', ' ')} {x['peak_rss_mb']:.0f} MB (+{x['growth_while_scoring_mb']:.0f} "
+                                 "MB while scoring)" for x in d["memory"]) + ".\n")
     return parts
 
 

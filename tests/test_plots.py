@@ -91,3 +91,13 @@ def test_code_changes_figure():
     after = {"blocks.0.a": torch.tensor([1, 3, 3, 2]), "blocks.1.b": torch.tensor([0, 0, 5, 5])}
     fig = plots.code_changes(before, after, "t")
     assert [round(p.get_width()) for p in fig.axes[0].patches] == [50, 0]
+
+
+def test_int8_speedup_draws_against_the_best_fp32():
+    rows = [{"shape": "quick", "part": part, "num_items": n, "batch": b,
+             "speedup_vs_best_fp32": {"int8_torch": 1.5, "int8_onnx": 2.0}}
+            for part in ("head", "model") for n in (3416, 100_000) for b in (1, 32)]
+    fig = plots.int8_speedup({"results": rows, "machine": {"threads": 2}}, "quick")
+    assert fig.get_figwidth() == 10.0
+    assert "best FP32" in fig.axes[0].get_ylabel()
+    assert len(fig.axes[0].lines) == 2 * 2 + 1  # two back ends x two batches, and the line at 1

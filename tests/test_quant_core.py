@@ -350,3 +350,28 @@ def test_the_clip_band_within_half_a_step_of_the_edge(method, x_over_s, dx, ds):
         x2 = x.detach().clone().requires_grad_()
         torch.fake_quantize_per_tensor_affine(x2, 0.25, 0, -4, 3).sum().backward()
         assert x2.grad.item() == dx
+
+
+@pytest.mark.parametrize("method", ["ste", "lsq", "pact", "dorefa", "apot", "adaround"])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_the_size_is_the_packed_storage_by_the_bit_arithmetic(method, bits):
+    """Codes below 8 bits are stored packed (four 2-bit or two 4-bit codes a byte, 3-bit codes across bytes); the
+    size counts exactly ⌈n · bits / 8⌉ bytes per weight plus scales, level tables, offsets and the FP32 remainder,
+    and the packed codes read back to the quantizer's own."""
+    from sasrec_nb.quant.core import Exported
+    from sasrec_nb.quant.export import export_model, packed_state, unpacked_codes
+
+    torch.manual_seed(0)
+    model = quantize_model(SASRec(200, 32, 2, 2, 16), method, bits, 8, bits)
+    exported, state = export_model(model), packed_state(model)
+    expected = 0
+    for name, t in exported.items():
+        if isinstance(t, Exported):
+            assert torch.equal(unpacked_codes(state, name), t.codes.to(torch.int32)), name
+            expected += (t.codes.numel() * bits + 7) // 8 + sum(
+                x.numel() * x.element_size() for x in (t.scale, t.levels, t.offset) if x is not None)
+        else:
+            expected += t.numel() * t.element_size()
+    assert model_bytes(model) == expected
+    n_quantized = sum(t.codes.numel() for t in exported.values() if isinstance(t, Exported))
+    assert n_quantized > 0.9 * sum(p.numel() for n, p in model.named_parameters() if "quantizer" not in n)

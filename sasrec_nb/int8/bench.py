@@ -104,3 +104,26 @@ def time_parts(scorer: nn.Module, seqs: torch.Tensor, k: int = TOP_K, repeat: in
             "attention, LayerNorm, residuals": max(encoder_ms - linear_ms, 0.0), "Linears": linear_ms,
             "head": median_ms(lambda: scorer.head(hidden), repeat=repeat),
             "top-10": median_ms(lambda: scores.topk(k, dim=1), repeat=repeat)}
+
+
+#: issue targets for the best INT8 path against the best FP32 path, quick shape: (part, items, batch, least speed-up)
+TARGETS = (("head", 100_000, 1, 3.0), ("head", 100_000, 32, 2.0), ("model", 100_000, 32, 1.8),
+           ("model", 100_000, 256, 1.4), ("model", 3416, 1, 1.0), ("model", 3416, 32, 1.0), ("model", 3416, 256, 1.0),
+           ("head", 3416, 1, 1.0), ("head", 3416, 32, 1.0), ("head", 3416, 256, 1.0))
+INT8_PATHS = ("int8_torch", "int8_onnx")
+
+
+def target_check(bench: dict, shape: str = "quick") -> list[dict]:
+    """Each target of :data:`TARGETS` measured in ``bench`` (a ``scripts/bench_int8.py`` JSON): the best INT8 path's
+    speed-up over the best FP32 path of its row, and whether it is met. Rows the benchmark did not time are left out."""
+    rows = {(r["part"], r["num_items"], r["batch"]): r for r in bench["results"] if r["shape"] == shape}
+    out = []
+    for part, items, batch, least in TARGETS:
+        r = rows.get((part, items, batch))
+        if r is None:
+            continue
+        best_int8 = max(INT8_PATHS, key=lambda p: r["speedup_vs_best_fp32"][p])
+        x = r["speedup_vs_best_fp32"][best_int8]
+        out.append({"part": part, "items": items, "batch": batch, "target": least, "speedup": x, "met": x >= least,
+                    "best_int8": best_int8, "best_fp32": r["best_fp32"]})
+    return out
