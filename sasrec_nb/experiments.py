@@ -8,6 +8,7 @@ only by ``python -m sasrec_nb.train`` (:mod:`sasrec_nb.train`), from these same 
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -36,8 +37,19 @@ def load_split(profile: Profile) -> Split:
     return _split(profile.dataset, profile.max_len, profile.num_negatives, profile.seed)
 
 
-def run_name(method: str, weight_bits: int | None, act_bits: int | None) -> str:
-    return "fp32" if method == "fp32" else f"{method}_w{weight_bits}a{act_bits}"
+def run_name(method: str, weight_bits: int | None, act_bits: int | None, embed_bits: int = 8,
+             seed: int | None = None) -> str:
+    """``fp32``, or ``<method>_w<bits>[e<bits>]a<bits>[_seed<n>]``: the item and position tables' bits appear when
+    they are not 8 (where the tables stay by default), the seed when the run does not use the profile's own."""
+    if method == "fp32":
+        return "fp32"
+    tables = f"e{embed_bits}" if embed_bits != 8 else ""
+    return f"{method}_w{weight_bits}{tables}a{act_bits}" + (f"_seed{seed}" if seed is not None else "")
+
+
+def check_seed(seed: int | None) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"a run's seed is a whole number ≥ 0 (or None for the profile's), got {seed!r}")
 
 
 def dataset_label(dataset: str) -> str:
@@ -96,8 +108,11 @@ def fp32_model(profile: Profile, force: bool = False) -> tuple[SASRec, dict]:
 
 
 def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act_bits: int | None = None,
-              force: bool = False) -> tuple[nn.Module, dict]:
+              force: bool = False, seed: int | None = None) -> tuple[nn.Module, dict]:
     """A QAT model fine-tuned from the FP32 checkpoint, cached like the FP32 one.
+
+    ``seed`` (default: the profile's) seeds the fine-tuning only (batch order, dropout): every seed starts from the
+    same FP32 model and the same calibration, so seeds measure what QAT itself varies.
 
     Returns the model, in eval mode, and its history (with ``quantizer_scales`` per epoch). AdaRound is not QAT:
     use :func:`adaround_model`.
@@ -107,18 +122,19 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
             if method == "adaround" else ""
         raise ValueError(f"qat_model trains one of {', '.join(QAT_METHODS)}, not {method!r}{hint}")
     wb, ab = resolve_bits(profile, method, weight_bits, act_bits)
+    check_seed(seed)
     split = load_split(profile)
     fp32, _ = fp32_model(profile)
     calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
     qmodel = quantize_model(fp32, method, wb, ab, profile.embed_bits)
-    path = checkpoint_dir(profile) / f"{run_name(method, wb, ab)}.pt"
+    path = checkpoint_dir(profile) / f"{run_name(method, wb, ab, profile.embed_bits, seed)}.pt"
     ckpt = cached_checkpoint(path, profile, method, force)
     if ckpt is not None:
         for q in quantizers(qmodel).values():
             q.initialized.fill_(True)
         load_into(qmodel, ckpt["state_dict"], str(shown(path)))
         return qmodel.eval(), ckpt["meta"].get("history", {})
-    history = train_qat(qmodel, split, profile, calib)
+    history = train_qat(qmodel, split, profile if seed is None else replace(profile, seed=seed), calib)
     save_checkpoint(path, qmodel, {"profile": profile.to_dict(), "history": history})
     files.write_json(path.with_suffix(".json"), history)
     return qmodel.eval(), history
@@ -139,23 +155,26 @@ def train_qat(qmodel: nn.Module, split: Split, profile: Profile, calib) -> dict:
 
 
 def adaround_model(profile: Profile, weight_bits: int | None = None, act_bits: int | None = None,
-                   force: bool = False) -> tuple[nn.Module, dict]:
-    """AdaRound post-training quantization of the FP32 checkpoint (no labels, no task loss), in eval mode.
+                   force: bool = False, seed: int | None = None) -> tuple[nn.Module, dict]:
+    """AdaRound post-training quantization of the FP32 checkpoint (no labels, no task loss), in eval mode;
+    ``seed`` (default: the profile's) draws its mini-batches of calibration sequences.
 
     Returns the model and the calibration report (its ``seconds`` is the calibration time)."""
     from .quant import adaround
 
     wb, ab = resolve_bits(profile, "adaround", weight_bits, act_bits)
+    check_seed(seed)
     split = load_split(profile)
     fp32, _ = fp32_model(profile)
     calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
-    path = checkpoint_dir(profile) / f"{run_name('adaround', wb, ab)}.pt"
+    path = checkpoint_dir(profile) / f"{run_name('adaround', wb, ab, profile.embed_bits, seed)}.pt"
     ckpt = cached_checkpoint(path, profile, "adaround", force)
     if ckpt is not None:
         qmodel = adaround.from_state(fp32, ckpt["state_dict"], wb, ab, profile.embed_bits)
         return qmodel.eval(), ckpt["meta"].get("report", {})
     qmodel, report = adaround.calibrate(fp32, calib, weight_bits=wb, act_bits=ab, embed_bits=profile.embed_bits,
-                                        iters=profile.adaround_iters, lr=profile.adaround_lr, seed=profile.seed,
+                                        iters=profile.adaround_iters, lr=profile.adaround_lr,
+                                        seed=profile.seed if seed is None else seed,
                                         progress=profile.progress)
     save_checkpoint(path, qmodel, {"profile": profile.to_dict(), "report": report})
     return qmodel.eval(), report

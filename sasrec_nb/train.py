@@ -31,7 +31,8 @@ def command_line() -> str:
 
 
 def record(profile: Profile, run: str, method: str, weight_bits: int | None, act_bits: int | None,
-           model: nn.Module, split: Split, history: dict, baseline: nn.Module | None = None) -> dict:
+           model: nn.Module, split: Split, history: dict, baseline: nn.Module | None = None,
+           seed: int | None = None) -> dict:
     """The results JSON of a run (DESIGN §6), with paired differences against ``baseline``.
 
     ``settings`` records the profile fields the run depends on, so a later profile change is detected.
@@ -41,6 +42,7 @@ def record(profile: Profile, run: str, method: str, weight_bits: int | None, act
         "run": run, "method": method, "weight_bits": weight_bits, "act_bits": act_bits,
         "settings": {k: getattr(profile, k) for k in run_fields(method)},
         "embed_bits": profile.embed_bits if method != "fp32" else None,
+        "seed": profile.seed if seed is None else seed,
         "dataset": dataset_label(profile.dataset), "profile": profile.name,
         "test": {p: test[p] for p in metrics.PROTOCOLS}, "n_users": test["n_users"],
         "model_bytes": model_bytes(model),
@@ -73,10 +75,14 @@ def stale_result(path, profile: Profile, method: str) -> str | None:
     return None
 
 
-def planned_runs(methods: list[str], bits: list[int], act_bits: int) -> list[tuple[str, int | None, int | None]]:
-    """FP32 first (every run starts from it), then every method at the first bit width, then the next."""
-    runs: list[tuple[str, int | None, int | None]] = [("fp32", None, None)]
-    runs += [(m, b, act_bits) for b in bits for m in methods if m != "fp32"]
+#: method, weight bits, activation bits, seed (None: the profile's)
+Run = tuple[str, int | None, int | None, int | None]
+
+
+def planned_runs(methods: list[str], bits: list[int], act_bits: int, seeds: list[int | None] | None = None) -> list[Run]:
+    """FP32 first (every run starts from it), then every method at the first bit width (each seed), then the next."""
+    runs: list[Run] = [("fp32", None, None, None)]
+    runs += [(m, b, act_bits, s) for b in bits for m in methods if m != "fp32" for s in (seeds or [None])]
     return runs
 
 
@@ -87,6 +93,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     what.add_argument("--method", choices=("fp32",) + METHODS, help="one method (FP32 is trained first if missing)")
     parser.add_argument("--bits", type=int, nargs="+", default=None, help="weight bit widths (default: 8 4)")
     parser.add_argument("--act-bits", type=int, default=8)
+    parser.add_argument("--embed-bits", type=int, default=None,
+                        help="bits of the item and position tables (default: the profile's, 8)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="QAT / AdaRound seeds, one run each from the same FP32 model (default: the profile's)")
     parser.add_argument("--profile", choices=list(PROFILES), default=None, help="default: $SASREC_NB_PROFILE or quick")
     parser.add_argument("--dataset", default=None, help="a registered dataset or the path of a SASRec text file")
     parser.add_argument("--force", action="store_true",
@@ -101,18 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.dataset:
         os.environ["SASREC_NB_DATASET"] = args.dataset
     try:
-        profile = get_profile(args.profile)
-        runs = planned_runs(list(METHODS) if args.all else [args.method], args.bits or [8, 4], args.act_bits)
-        for method, wb, ab in runs:  # every bit width is checked before anything loads or trains
+        profile = get_profile(args.profile, **({} if args.embed_bits is None else {"embed_bits": args.embed_bits}))
+        if args.seeds is not None and args.method == "fp32":
+            raise ValueError("--seeds applies to QAT and AdaRound runs; the FP32 model uses the profile's seed")
+        runs = planned_runs(list(METHODS) if args.all else [args.method], args.bits or [8, 4], args.act_bits,
+                            args.seeds)
+        for method, wb, ab, seed in runs:  # every bit width and seed is checked before anything loads or trains
             if method != "fp32":
                 experiments.resolve_bits(profile, method, wb, ab)
+                experiments.check_seed(seed)
         experiments.load_split(profile)  # a missing or bad data file fails here, before any training
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"profile {profile.name} · dataset {dataset_label(profile.dataset)} · device {experiments.device()} · "
           f"{len(runs)} runs", flush=True)
-    for method, wb, ab in runs:
-        name = run_name(method, wb, ab)
+    for method, wb, ab, seed in runs:
+        name = run_name(method, wb, ab, profile.embed_bits, seed)
         result = results_dir(profile) / f"{name}.json"
         force = args.force and (method != "fp32" or args.all or args.method == "fp32")
         if result.exists() and not force:
@@ -125,12 +139,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}: results exist ({shown(result)}); --force to redo")
             continue
         started = time.perf_counter()
-        files.write_json(result, run_and_record(profile, method, wb, ab, force))
+        files.write_json(result, run_and_record(profile, method, wb, ab, force, seed=seed))
         print(f"  {name}: done in {time.perf_counter() - started:.0f} s -> {shown(result)}", flush=True)
     return 0
 
 
-def run_and_record(profile: Profile, method: str, wb: int | None, ab: int | None, force: bool) -> dict:
+def run_and_record(profile: Profile, method: str, wb: int | None, ab: int | None, force: bool,
+                   seed: int | None = None) -> dict:
     """The run (trained, or loaded when its checkpoint is cached) and its results JSON."""
     split = experiments.load_split(profile)
     if method == "fp32":
@@ -138,10 +153,11 @@ def run_and_record(profile: Profile, method: str, wb: int | None, ab: int | None
         return record(profile, "fp32", "fp32", None, None, model, split, history)
     fp32, _ = fp32_model(profile)
     if method == "adaround":
-        model, history = adaround_model(profile, wb, ab, force=force)
+        model, history = adaround_model(profile, wb, ab, force=force, seed=seed)
     else:
-        model, history = qat_model(profile, method, wb, ab, force=force)
-    return record(profile, run_name(method, wb, ab), method, wb, ab, model, split, history, baseline=fp32)
+        model, history = qat_model(profile, method, wb, ab, force=force, seed=seed)
+    return record(profile, run_name(method, wb, ab, profile.embed_bits, seed), method, wb, ab, model, split, history,
+                  baseline=fp32, seed=seed)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from sasrec_nb import config, experiments, report, train
 from sasrec_nb.data import dataset_slug, synthetic
 
 
-SCHEMA = {"run", "method", "weight_bits", "act_bits", "embed_bits", "dataset", "profile", "test", "n_users",
+SCHEMA = {"run", "method", "weight_bits", "act_bits", "embed_bits", "seed", "dataset", "profile", "test", "n_users",
           "model_bytes", "train_seconds", "seconds_per_epoch", "epochs", "device", "torch", "command", "settings"}
 
 
@@ -141,7 +141,7 @@ def test_cli_names_a_corrupt_results_file(home, tiny_quick):
 def test_cli_force_redoes_the_runs_named_not_their_fp32_base(home, tiny_quick, monkeypatch, capsys):
     train.main(["--method", "fp32"])
     calls = []
-    monkeypatch.setattr(train, "run_and_record", lambda profile, m, wb, ab, force: calls.append((m, force)) or {})
+    monkeypatch.setattr(train, "run_and_record", lambda profile, m, wb, ab, force, seed: calls.append((m, force)) or {})
     assert train.main(["--method", "lsq", "--bits", "4", "--force"]) == 0
     assert calls == [("lsq", True)] and "fp32: results exist" in capsys.readouterr().out
     assert train.main(["--method", "fp32", "--force"]) == 0
@@ -153,6 +153,10 @@ def test_cli_force_redoes_the_runs_named_not_their_fp32_base(home, tiny_quick, m
     (["--method", "apot", "--bits", "9"], "supports 2 to 8 bits"),
     (["--all", "--bits", "8", "1"], "supports 2 to 16 bits"),
     (["--method", "pact", "--act-bits", "1"], "supports 2 to 16 bits"),
+    (["--method", "lsq", "--embed-bits", "1"], "item and position tables: .* supports 2 to 16 bits"),
+    (["--method", "apot", "--embed-bits", "9"], "supports 2 to 8 bits"),
+    (["--method", "lsq", "--seeds", "-1"], "seed is a whole number"),
+    (["--method", "fp32", "--seeds", "1"], "--seeds applies to QAT and AdaRound runs"),
 ])
 def test_cli_checks_every_bit_width_before_anything_loads_or_trains(home, tiny_quick, monkeypatch, argv, message):
     monkeypatch.setattr(experiments, "load_split", lambda p: pytest.fail("loaded data before checking the bits"))
@@ -164,8 +168,29 @@ def test_cli_checks_every_bit_width_before_anything_loads_or_trains(home, tiny_q
 
 def test_planned_runs_start_with_fp32():
     runs = train.planned_runs(["lsq", "pact"], [8, 4], 8)
-    assert runs[0] == ("fp32", None, None) and len(runs) == 5 and ("pact", 4, 8) in runs
+    assert runs[0] == ("fp32", None, None, None) and len(runs) == 5 and ("pact", 4, 8, None) in runs
+    seeded = train.planned_runs(["lsq"], [4], 8, [1, 2])
+    assert seeded == [("fp32", None, None, None), ("lsq", 4, 8, 1), ("lsq", 4, 8, 2)]
+
+
+def test_run_names_say_the_table_bits_and_the_seed_when_they_are_not_the_defaults():
     assert experiments.run_name("lsq", 4, 8) == "lsq_w4a8" and experiments.run_name("fp32", None, None) == "fp32"
+    assert experiments.run_name("lsq", 4, 8, embed_bits=4) == "lsq_w4e4a8"
+    assert experiments.run_name("pact", 2, 2, embed_bits=2, seed=43) == "pact_w2e2a2_seed43"
+
+
+def test_cli_table_bits_and_seeds_make_runs_of_their_own(home, tiny_quick):
+    assert train.main(["--method", "lsq", "--bits", "4", "--embed-bits", "4", "--seeds", "1", "2"]) == 0
+    folder = home / "results" / slug(home) / "quick"
+    one, two = (json.loads((folder / f"lsq_w4e4a8_seed{s}.json").read_text()) for s in (1, 2))
+    assert one["embed_bits"] == two["embed_bits"] == 4 and (one["seed"], two["seed"]) == (1, 2)
+    assert one["vs_fp32"]["full"]["fp32_ndcg@10"] == two["vs_fp32"]["full"]["fp32_ndcg@10"]  # the same FP32 start
+    ckpt = home / "checkpoints" / slug(home) / "quick"
+    a, b = (torch.load(ckpt / f"lsq_w4e4a8_seed{s}.pt", weights_only=True)["state_dict"] for s in (1, 2))
+    assert not torch.equal(a["blocks.0.ffn.fc1.weight"], b["blocks.0.ffn.fc1.weight"])  # the seed changed QAT
+    assert a["item_emb.weight_quantizer.step"].shape == b["item_emb.weight_quantizer.step"].shape
+    assert sorted(p.name for p in folder.glob("*.json")) == ["fp32.json", "lsq_w4e4a8_seed1.json",
+                                                             "lsq_w4e4a8_seed2.json"]
 
 
 def test_a_checkpoint_trained_with_other_settings_is_refused_not_reused(home):

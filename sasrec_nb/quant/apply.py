@@ -67,9 +67,13 @@ def make_quantizer(method: str, role: str, bits: int, **options) -> Quantizer:
 def check_bits(method: str, weight_bits: int, act_bits: int, embed_bits: int, **options) -> None:
     """Raise the quantizer's own error if ``method`` cannot build one of these bit widths (or options), before
     anything is loaded or trained: one quantizer of each kind is built and thrown away."""
-    make_quantizer(method, "weight", weight_bits, axis=0, channels=1, **options)
-    make_quantizer(method, "weight", embed_bits, axis=0, channels=1, **options)
-    make_quantizer(method, "act", act_bits, **options)
+    for what, kind, bits, shape in (("weights", "weight", weight_bits, {"axis": 0, "channels": 1}),
+                                    ("item and position tables", "weight", embed_bits, {"axis": 0, "channels": 1}),
+                                    ("activations", "act", act_bits, {})):
+        try:
+            make_quantizer(method, kind, bits, **shape, **options)
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
 
 
 def quantize_model(
