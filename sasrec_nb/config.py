@@ -125,10 +125,14 @@ FP32_FIELDS = ("dataset", "embed_dim", "num_heads", "num_blocks", "max_len", "dr
                "loss", "train_windows", "seed")
 QAT_FIELDS = (*FP32_FIELDS, "qat_epochs", "qat_lr", "qat_windows", "quant_lr", "embed_bits", "calib_sequences")
 ADAROUND_FIELDS = (*FP32_FIELDS, "adaround_iters", "adaround_lr", "embed_bits", "calib_sequences")
+PTQ_FIELDS = (*FP32_FIELDS, "embed_bits", "calib_sequences")
 
 
 def run_fields(method: str) -> tuple[str, ...]:
-    """The profile fields a run of ``method`` (``"fp32"``, ``"adaround"`` or a QAT method) depends on."""
+    """The profile fields a run of ``method`` (``"fp32"``, ``"adaround"``, a round-to-nearest baseline ``rtn_*`` or a
+    QAT method) depends on."""
+    if method.startswith("rtn_"):
+        return PTQ_FIELDS
     return {"fp32": FP32_FIELDS, "adaround": ADAROUND_FIELDS}.get(method, QAT_FIELDS)
 
 

@@ -8,6 +8,7 @@ only by ``python -m sasrec_nb.train`` (:mod:`sasrec_nb.train`), from these same 
 """
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,8 @@ from .training import fit, load_into, read_checkpoint, save_checkpoint, seed_eve
 
 #: the methods :func:`qat_model` trains (AdaRound is post-training: :func:`adaround_model`)
 QAT_METHODS = tuple(m for m in METHODS if m != "adaround")
+#: round-to-nearest post-training baselines (:func:`ptq_model`) and the range rule that sets all their grids
+PTQ_BASELINES = {"rtn_absmax": "absmax", "rtn_mse": "mse"}
 
 
 @lru_cache(maxsize=4)
@@ -152,6 +155,24 @@ def train_qat(qmodel: nn.Module, split: Split, profile: Profile, calib) -> dict:
                   windows=profile.qat_windows, on_epoch=trace)
     history["quantizer_scales"], history["quantizer_stats"] = trace.scales, trace.stats
     return history
+
+
+def ptq_model(profile: Profile, baseline: str, weight_bits: int | None = None,
+              act_bits: int | None = None) -> tuple[nn.Module, dict]:
+    """Round-to-nearest post-training quantization of the FP32 checkpoint, the baseline QAT has to beat: uniform
+    symmetric grids (the STE quantizer's) whose range is set by the baseline's rule (:data:`PTQ_BASELINES`), per
+    output row for weights and tables and per tensor on the calibration sequences for activations, then nothing is
+    trained. Seconds of work, so it is not cached; returns the model (eval mode) and ``{"seconds": …}``."""
+    if baseline not in PTQ_BASELINES:
+        raise ValueError(f"unknown post-training baseline {baseline!r}: use one of {', '.join(PTQ_BASELINES)}")
+    wb, ab = resolve_bits(profile, "ste", weight_bits, act_bits)
+    split = load_split(profile)
+    fp32, _ = fp32_model(profile)
+    calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
+    started = time.perf_counter()
+    qmodel = quantize_model(fp32, "ste", wb, ab, profile.embed_bits, range_rule=PTQ_BASELINES[baseline])
+    calibrate_activations(qmodel, calib.split(256))
+    return qmodel.eval(), {"seconds": time.perf_counter() - started}
 
 
 def adaround_model(profile: Profile, weight_bits: int | None = None, act_bits: int | None = None,

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import experiments, files, metrics
 from .config import PROFILES, Profile, changed_settings, get_profile, results_dir, run_fields
-from .experiments import adaround_model, dataset_label, fp32_model, qat_model, run_name, shown
+from .experiments import PTQ_BASELINES, adaround_model, dataset_label, fp32_model, ptq_model, qat_model, run_name, shown
 from .loaders import Split
 from .machine import cpu_model, isa_flags
 from .quant import METHODS
@@ -42,7 +42,7 @@ def record(profile: Profile, run: str, method: str, weight_bits: int | None, act
         "run": run, "method": method, "weight_bits": weight_bits, "act_bits": act_bits,
         "settings": {k: getattr(profile, k) for k in run_fields(method)},
         "embed_bits": profile.embed_bits if method != "fp32" else None,
-        "seed": profile.seed if seed is None else seed,
+        "seed": None if method == "fp32" or method in PTQ_BASELINES else profile.seed if seed is None else seed,
         "dataset": dataset_label(profile.dataset), "profile": profile.name,
         "test": {p: test[p] for p in metrics.PROTOCOLS}, "n_users": test["n_users"],
         "model_bytes": model_bytes(model),
@@ -79,18 +79,23 @@ def stale_result(path, profile: Profile, method: str) -> str | None:
 Run = tuple[str, int | None, int | None, int | None]
 
 
-def planned_runs(methods: list[str], bits: list[int], act_bits: int, seeds: list[int | None] | None = None) -> list[Run]:
+def planned_runs(methods: list[str], bits: list[int], act_bits: int,
+                 seeds: list[int | None] | None = None) -> list[Run]:
     """FP32 first (every run starts from it), then every method at the first bit width (each seed), then the next."""
     runs: list[Run] = [("fp32", None, None, None)]
-    runs += [(m, b, act_bits, s) for b in bits for m in methods if m != "fp32" for s in (seeds or [None])]
+    runs += [(m, b, act_bits, s) for b in bits for m in methods if m != "fp32"
+             for s in ([None] if m in PTQ_BASELINES else seeds or [None])]
     return runs
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sasrec_nb.train", description=main.__doc__)
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--all", action="store_true", help="FP32 and every method at every --bits")
-    what.add_argument("--method", choices=("fp32",) + METHODS, help="one method (FP32 is trained first if missing)")
+    what.add_argument("--all", action="store_true",
+                      help="FP32, every method and the round-to-nearest baselines at every --bits")
+    what.add_argument("--method", choices=("fp32",) + METHODS + tuple(PTQ_BASELINES),
+                      help="one method, or a round-to-nearest post-training baseline (FP32 is trained first if "
+                           "missing)")
     parser.add_argument("--bits", type=int, nargs="+", default=None, help="weight bit widths (default: 8 4)")
     parser.add_argument("--act-bits", type=int, default=8)
     parser.add_argument("--embed-bits", type=int, default=None,
@@ -114,11 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         profile = get_profile(args.profile, **({} if args.embed_bits is None else {"embed_bits": args.embed_bits}))
         if args.seeds is not None and args.method == "fp32":
             raise ValueError("--seeds applies to QAT and AdaRound runs; the FP32 model uses the profile's seed")
-        runs = planned_runs(list(METHODS) if args.all else [args.method], args.bits or [8, 4], args.act_bits,
-                            args.seeds)
+        if args.seeds is not None and args.method in PTQ_BASELINES:
+            raise ValueError("--seeds applies to QAT and AdaRound runs; round to nearest has no randomness")
+        methods = [*METHODS, *PTQ_BASELINES] if args.all else [args.method]
+        runs = planned_runs(methods, args.bits or [8, 4], args.act_bits, args.seeds)
         for method, wb, ab, seed in runs:  # every bit width and seed is checked before anything loads or trains
             if method != "fp32":
-                experiments.resolve_bits(profile, method, wb, ab)
+                experiments.resolve_bits(profile, "ste" if method in PTQ_BASELINES else method, wb, ab)
                 experiments.check_seed(seed)
         experiments.load_split(profile)  # a missing or bad data file fails here, before any training
     except ValueError as e:
@@ -152,7 +159,9 @@ def run_and_record(profile: Profile, method: str, wb: int | None, ab: int | None
         model, history = fp32_model(profile, force=force)
         return record(profile, "fp32", "fp32", None, None, model, split, history)
     fp32, _ = fp32_model(profile)
-    if method == "adaround":
+    if method in PTQ_BASELINES:
+        model, history = ptq_model(profile, method, wb, ab)
+    elif method == "adaround":
         model, history = adaround_model(profile, wb, ab, force=force, seed=seed)
     else:
         model, history = qat_model(profile, method, wb, ab, force=force, seed=seed)

@@ -225,3 +225,18 @@ def test_a_custom_file_named_like_a_builtin_dataset_gets_its_own_folders(tmp_pat
     assert len(folders) == 3
     assert config.results_dir(replace(tiny_profile(), dataset="ml-100k")).parts[-2] == "ml-100k"
     assert all(f.parts[-2].startswith("file-ml-100k-") for f in folders if f.parts[-2] != "ml-100k")
+
+
+def test_cli_round_to_nearest_baselines_are_recorded_without_training(home, tiny_quick, monkeypatch):
+    train.main(["--method", "fp32"])
+    monkeypatch.setattr(experiments, "fit", lambda *a, **k: pytest.fail("a post-training baseline trained"))
+    assert train.main(["--method", "rtn_mse", "--bits", "2", "--embed-bits", "2"]) == 0
+    assert train.main(["--method", "rtn_absmax", "--bits", "2", "--embed-bits", "2"]) == 0
+    folder = home / "results" / slug(home) / "quick"
+    mse, absmax = (json.loads((folder / f"rtn_{r}_w2e2a8.json").read_text()) for r in ("mse", "absmax"))
+    assert mse["method"] == "rtn_mse" and mse["seed"] is None and mse["embed_bits"] == 2
+    assert mse["settings"] == {k: getattr(tiny_quick, k) for k in config.PTQ_FIELDS} | {"embed_bits": 2}
+    assert mse["model_bytes"] == absmax["model_bytes"]  # the same storage, other grids
+    assert mse["test"] != absmax["test"]
+    with pytest.raises(SystemExit, match="round to nearest has no randomness"):
+        train.main(["--method", "rtn_mse", "--seeds", "1"])

@@ -4,7 +4,7 @@ import torch
 
 from sasrec_nb.model import SASRec
 from sasrec_nb.quant import make_quantizer, quantize_model, quantizers
-from sasrec_nb.quant.ranges import CANDIDATES, clip_value
+from sasrec_nb.quant.ranges import CANDIDATES, RULES, clip_value, clip_values
 
 
 def heavy_tailed(n: int = 20_000) -> torch.Tensor:
@@ -64,3 +64,29 @@ def test_fixed_grids_are_calibrated_by_their_rule(method, rule):
         c = q.scale.item() * (1 if method == "dorefa" else q.qrange[1])  # DoReFa's scale is c itself
         expected = clip_value(seen[name], rule, *q.qrange).item()
         assert c == pytest.approx(expected, rel=1e-5 if rule != "percentile" else 2e-2), name
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_per_channel_ranges_are_each_channels_own(rule):
+    torch.manual_seed(0)
+    w = torch.randn(5, 40) * torch.tensor([0.1, 1.0, 3.0, 0.5, 2.0])[:, None]
+    w[2, 7] = 30.0  # one row with an outlier
+    per_row = clip_values(w, rule, -8, 7, axis=0)
+    assert torch.allclose(per_row, torch.stack([clip_value(r, rule, -8, 7) for r in w]), rtol=1e-6)
+    assert torch.allclose(clip_values(w.T, rule, -8, 7, axis=1), per_row, rtol=1e-6)
+
+
+def test_an_mse_grid_rounds_weights_more_closely_than_abs_max_at_low_bits():
+    from sasrec_nb.quant.ste import weight_quantizer
+
+    torch.manual_seed(0)
+    w = torch.randn(16, 64)
+    w[:, 0] = 6.0  # every row has an outlier: abs-max spends the 2-bit grid on it
+    errors = {}
+    for rule in ("absmax", "mse"):
+        q = weight_quantizer(2, axis=0, channels=16, range_rule=rule)
+        q.init_from(w)
+        errors[rule] = (q(w) - w).pow(2).mean().item()
+    assert errors["mse"] < 0.7 * errors["absmax"], errors
+    with pytest.raises(ValueError, match="unknown range rule 'max'"):
+        weight_quantizer(2, axis=0, channels=16, range_rule="max")

@@ -52,3 +52,23 @@ def clip_value(x: torch.Tensor, rule: str, lo: int, hi: int) -> torch.Tensor:
         if err < best_err:
             best, best_err = c, err
     return best
+
+
+@torch.no_grad()
+def clip_values(x: torch.Tensor, rule: str, lo: int, hi: int, axis: int) -> torch.Tensor:
+    """Per channel along ``axis`` (e.g. a weight's output rows): the range c of each channel by ``rule``, as
+    :func:`clip_value` would give for that channel alone (the MSE search runs on all channels at once)."""
+    rows = x.detach().float().movedim(axis, 0).flatten(1)
+    top = rows.abs().amax(1).clamp_min(torch.finfo(torch.float32).eps)
+    if check_rule(rule) == "absmax":
+        return top
+    if rule == "percentile":
+        return torch.stack([clip_value(r, rule, lo, hi) for r in rows])
+    best, best_err = top.clone(), torch.full_like(top, float("inf"))
+    for k in range(1, CANDIDATES + 1):
+        c = top * k / CANDIDATES
+        s = (c / hi)[:, None]
+        err = (torch.clamp(torch.round(rows / s), lo, hi) * s - rows).pow(2).mean(1)
+        better = err < best_err
+        best, best_err = torch.where(better, c, best), torch.where(better, err, best_err)
+    return best
