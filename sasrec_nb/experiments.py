@@ -126,6 +126,7 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
         raise ValueError(f"qat_model trains one of {', '.join(QAT_METHODS)}, not {method!r}{hint}")
     wb, ab = resolve_bits(profile, method, weight_bits, act_bits)
     check_seed(seed)
+    seed = None if seed == profile.seed else seed  # the profile's own seed is the run without a seed in its name
     split = load_split(profile)
     fp32, _ = fp32_model(profile)
     calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
@@ -185,6 +186,7 @@ def adaround_model(profile: Profile, weight_bits: int | None = None, act_bits: i
 
     wb, ab = resolve_bits(profile, "adaround", weight_bits, act_bits)
     check_seed(seed)
+    seed = None if seed == profile.seed else seed
     split = load_split(profile)
     fp32, _ = fp32_model(profile)
     calib = calibration_sequences(split, profile.calib_sequences, profile.seed)

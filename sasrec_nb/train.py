@@ -11,13 +11,15 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from . import experiments, files, metrics
+from . import experiments, files, grid, metrics
 from .config import PROFILES, Profile, changed_settings, get_profile, results_dir, run_fields
-from .experiments import PTQ_BASELINES, adaround_model, dataset_label, fp32_model, ptq_model, qat_model, run_name, shown
+from .experiments import PTQ_BASELINES, adaround_model, dataset_label, fp32_model, ptq_model, qat_model, shown
+from .grid import Run
 from .loaders import Split
 from .machine import cpu_model, isa_flags
 from .quant import METHODS
@@ -75,27 +77,16 @@ def stale_result(path, profile: Profile, method: str) -> str | None:
     return None
 
 
-#: method, weight bits, activation bits, seed (None: the profile's)
-Run = tuple[str, int | None, int | None, int | None]
-
-
-def planned_runs(methods: list[str], bits: list[int], act_bits: int,
-                 seeds: list[int | None] | None = None) -> list[Run]:
-    """FP32 first (every run starts from it), then every method at the first bit width (each seed), then the next."""
-    runs: list[Run] = [("fp32", None, None, None)]
-    runs += [(m, b, act_bits, s) for b in bits for m in methods if m != "fp32"
-             for s in ([None] if m in PTQ_BASELINES else seeds or [None])]
-    return runs
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sasrec_nb.train", description=main.__doc__)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--all", action="store_true",
-                      help="FP32, every method and the round-to-nearest baselines at every --bits")
-    what.add_argument("--method", choices=("fp32",) + METHODS + tuple(PTQ_BASELINES),
-                      help="one method, or a round-to-nearest post-training baseline (FP32 is trained first if "
-                           "missing)")
+                      help="the comparison grid (sasrec_nb.grid): FP32, every method and the round-to-nearest "
+                           "baselines with weights and tables at 8, 4, 3, 2 bits, then activation bits; seeds at "
+                           "4 bits and below")
+    what.add_argument("--method", nargs="+", choices=("fp32",) + METHODS + tuple(PTQ_BASELINES),
+                      help="one or more methods or round-to-nearest post-training baselines (FP32 is trained first "
+                           "if missing)")
     parser.add_argument("--bits", type=int, nargs="+", default=None, help="weight bit widths (default: 8 4)")
     parser.add_argument("--act-bits", type=int, default=8)
     parser.add_argument("--embed-bits", type=int, default=None,
@@ -116,45 +107,56 @@ def main(argv: list[str] | None = None) -> int:
     if args.dataset:
         os.environ["SASREC_NB_DATASET"] = args.dataset
     try:
-        profile = get_profile(args.profile, **({} if args.embed_bits is None else {"embed_bits": args.embed_bits}))
-        if args.seeds is not None and args.method == "fp32":
-            raise ValueError("--seeds applies to QAT and AdaRound runs; the FP32 model uses the profile's seed")
-        if args.seeds is not None and args.method in PTQ_BASELINES:
-            raise ValueError("--seeds applies to QAT and AdaRound runs; round to nearest has no randomness")
-        methods = [*METHODS, *PTQ_BASELINES] if args.all else [args.method]
-        runs = planned_runs(methods, args.bits or [8, 4], args.act_bits, args.seeds)
-        for method, wb, ab, seed in runs:  # every bit width and seed is checked before anything loads or trains
-            if method != "fp32":
-                experiments.resolve_bits(profile, "ste" if method in PTQ_BASELINES else method, wb, ab)
-                experiments.check_seed(seed)
+        profile = get_profile(args.profile)
+        if args.all and (args.bits or args.embed_bits is not None or args.seeds or args.act_bits != 8):
+            raise ValueError("--all runs the whole grid (sasrec_nb.grid); --bits, --act-bits, --embed-bits and "
+                             "--seeds go with --method")
+        unseeded = [m for m in args.method or [] if not grid.seeded(m)]
+        if args.seeds is not None and unseeded:
+            raise ValueError(f"--seeds applies to QAT and AdaRound runs, not {', '.join(unseeded)} (the FP32 model "
+                             "uses the profile's seed; round to nearest has no randomness)")
+        runs = grid.grid_runs(profile.seed) if args.all else grid.method_runs(
+            args.method, args.bits or [8, 4], args.act_bits,
+            profile.embed_bits if args.embed_bits is None else args.embed_bits, args.seeds, profile.seed)
+        for run in runs[1:]:  # every bit width and seed is checked before anything loads or trains
+            check_run(profile, run)
         experiments.load_split(profile)  # a missing or bad data file fails here, before any training
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"profile {profile.name} · dataset {dataset_label(profile.dataset)} · device {experiments.device()} · "
           f"{len(runs)} runs", flush=True)
-    for method, wb, ab, seed in runs:
-        name = run_name(method, wb, ab, profile.embed_bits, seed)
-        result = results_dir(profile) / f"{name}.json"
-        force = args.force and (method != "fp32" or args.all or args.method == "fp32")
+    for run in runs:
+        run_profile = profile if run.method == "fp32" else replace(profile, embed_bits=run.embed_bits)
+        result = results_dir(profile) / f"{run.name}.json"
+        force = args.force and (run.method != "fp32" or args.all or "fp32" in args.method)
         if result.exists() and not force:
             try:
-                stale = stale_result(result, profile, method)
+                stale = stale_result(result, run_profile, run.method)
             except ValueError as e:  # a corrupt or truncated results file
                 raise SystemExit(f"error: {e}") from None
             if stale:
                 raise SystemExit(f"{stale}\n  redo it with --force (FP32 is redone only with --all or --method fp32)")
-            print(f"  {name}: results exist ({shown(result)}); --force to redo")
+            print(f"  {run.name}: results exist ({shown(result)}); --force to redo")
             continue
         started = time.perf_counter()
-        files.write_json(result, run_and_record(profile, method, wb, ab, force, seed=seed))
-        print(f"  {name}: done in {time.perf_counter() - started:.0f} s -> {shown(result)}", flush=True)
+        files.write_json(result, run_and_record(run_profile, run, force))
+        print(f"  {run.name}: done in {time.perf_counter() - started:.0f} s -> {shown(result)}", flush=True)
     return 0
 
 
-def run_and_record(profile: Profile, method: str, wb: int | None, ab: int | None, force: bool,
-                   seed: int | None = None) -> dict:
-    """The run (trained, or loaded when its checkpoint is cached) and its results JSON."""
+def check_run(profile: Profile, run: Run) -> None:
+    """The run's bit widths (tables included) and seed, checked before anything loads or trains."""
+    run_profile = replace(profile, embed_bits=run.embed_bits)
+    experiments.resolve_bits(run_profile, "ste" if run.method in PTQ_BASELINES else run.method, run.weight_bits,
+                             run.act_bits)
+    experiments.check_seed(run.seed)
+
+
+def run_and_record(profile: Profile, run: Run, force: bool) -> dict:
+    """The run (trained, or loaded when its checkpoint is cached) and its results JSON; ``profile`` carries the
+    run's table bits."""
     split = experiments.load_split(profile)
+    method, wb, ab = run.method, run.weight_bits, run.act_bits
     if method == "fp32":
         model, history = fp32_model(profile, force=force)
         return record(profile, "fp32", "fp32", None, None, model, split, history)
@@ -162,11 +164,10 @@ def run_and_record(profile: Profile, method: str, wb: int | None, ab: int | None
     if method in PTQ_BASELINES:
         model, history = ptq_model(profile, method, wb, ab)
     elif method == "adaround":
-        model, history = adaround_model(profile, wb, ab, force=force, seed=seed)
+        model, history = adaround_model(profile, wb, ab, force=force, seed=run.seed)
     else:
-        model, history = qat_model(profile, method, wb, ab, force=force, seed=seed)
-    return record(profile, run_name(method, wb, ab, profile.embed_bits, seed), method, wb, ab, model, split, history,
-                  baseline=fp32, seed=seed)
+        model, history = qat_model(profile, method, wb, ab, force=force, seed=run.seed)
+    return record(profile, run.name, method, wb, ab, model, split, history, baseline=fp32, seed=run.seed)
 
 
 if __name__ == "__main__":

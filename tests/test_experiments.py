@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sasrec_nb import config, experiments, report, train
+from sasrec_nb import config, experiments, grid, report, train
 from sasrec_nb.data import dataset_slug, synthetic
 
 
@@ -141,7 +141,7 @@ def test_cli_names_a_corrupt_results_file(home, tiny_quick):
 def test_cli_force_redoes_the_runs_named_not_their_fp32_base(home, tiny_quick, monkeypatch, capsys):
     train.main(["--method", "fp32"])
     calls = []
-    monkeypatch.setattr(train, "run_and_record", lambda profile, m, wb, ab, force, seed: calls.append((m, force)) or {})
+    monkeypatch.setattr(train, "run_and_record", lambda profile, run, force: calls.append((run.method, force)) or {})
     assert train.main(["--method", "lsq", "--bits", "4", "--force"]) == 0
     assert calls == [("lsq", True)] and "fp32: results exist" in capsys.readouterr().out
     assert train.main(["--method", "fp32", "--force"]) == 0
@@ -151,12 +151,13 @@ def test_cli_force_redoes_the_runs_named_not_their_fp32_base(home, tiny_quick, m
 @pytest.mark.parametrize("argv,message", [
     (["--method", "lsq", "--bits", "0"], "supports 2 to 16 bits"),
     (["--method", "apot", "--bits", "9"], "supports 2 to 8 bits"),
-    (["--all", "--bits", "8", "1"], "supports 2 to 16 bits"),
+    (["--method", "ste", "--bits", "8", "1"], "supports 2 to 16 bits"),
     (["--method", "pact", "--act-bits", "1"], "supports 2 to 16 bits"),
     (["--method", "lsq", "--embed-bits", "1"], "item and position tables: .* supports 2 to 16 bits"),
     (["--method", "apot", "--embed-bits", "9"], "supports 2 to 8 bits"),
     (["--method", "lsq", "--seeds", "-1"], "seed is a whole number"),
-    (["--method", "fp32", "--seeds", "1"], "--seeds applies to QAT and AdaRound runs"),
+    (["--method", "fp32", "--seeds", "1"], "--seeds applies to QAT and AdaRound runs, not fp32"),
+    (["--all", "--bits", "4"], "--all runs the whole grid"),
 ])
 def test_cli_checks_every_bit_width_before_anything_loads_or_trains(home, tiny_quick, monkeypatch, argv, message):
     monkeypatch.setattr(experiments, "load_split", lambda p: pytest.fail("loaded data before checking the bits"))
@@ -166,11 +167,24 @@ def test_cli_checks_every_bit_width_before_anything_loads_or_trains(home, tiny_q
     assert not (home / "results").exists() and not (home / "checkpoints").exists()
 
 
-def test_planned_runs_start_with_fp32():
-    runs = train.planned_runs(["lsq", "pact"], [8, 4], 8)
-    assert runs[0] == ("fp32", None, None, None) and len(runs) == 5 and ("pact", 4, 8, None) in runs
-    seeded = train.planned_runs(["lsq"], [4], 8, [1, 2])
-    assert seeded == [("fp32", None, None, None), ("lsq", 4, 8, 1), ("lsq", 4, 8, 2)]
+def test_method_runs_start_with_fp32_and_name_the_profiles_seed_plainly():
+    runs = grid.method_runs(["lsq", "pact"], [8, 4], 8, 8, None, 42)
+    assert runs[0] == grid.FP32 and len(runs) == 5 and grid.Run("pact", 4, 8, 8) in runs
+    seeded = grid.method_runs(["lsq", "rtn_mse"], [4], 8, 4, [42, 43], 42)
+    assert [r.name for r in seeded] == ["fp32", "lsq_w4e4a8", "lsq_w4e4a8_seed43", "rtn_mse_w4e4a8"]
+
+
+def test_the_grid_holds_every_row_with_seeds_at_low_bits():
+    runs = grid.grid_runs(42)
+    names = [r.name for r in runs]
+    assert names[0] == "fp32" and len(names) == len(set(names))
+    for b in (8, 4, 3, 2):
+        for m in ("ste", "lsq", "pact", "dorefa", "apot", "adaround", "rtn_absmax", "rtn_mse"):
+            assert experiments.run_name(m, b, 8, b) in names
+    assert {"lsq_w8a4", "lsq_w4e4a4", "pact_w8a3", "pact_w8a2", "lsq_w8a2"} <= set(names)
+    assert "ste_w8a2" not in names  # A3 / A2 only for the methods that learn their range for it
+    assert "lsq_w4e4a8_seed43" in names and "lsq_w4e4a8_seed44" in names and "adaround_w2e2a8_seed44" in names
+    assert "lsq_w8a8_seed43" not in names and "rtn_mse_w2e2a8_seed43" not in names  # 8 bits, and RTN: one run
 
 
 def test_run_names_say_the_table_bits_and_the_seed_when_they_are_not_the_defaults():
@@ -238,5 +252,21 @@ def test_cli_round_to_nearest_baselines_are_recorded_without_training(home, tiny
     assert mse["settings"] == {k: getattr(tiny_quick, k) for k in config.PTQ_FIELDS} | {"embed_bits": 2}
     assert mse["model_bytes"] == absmax["model_bytes"]  # the same storage, other grids
     assert mse["test"] != absmax["test"]
-    with pytest.raises(SystemExit, match="round to nearest has no randomness"):
-        train.main(["--method", "rtn_mse", "--seeds", "1"])
+    with pytest.raises(SystemExit, match="not rtn_mse"):
+        train.main(["--method", "lsq", "rtn_mse", "--seeds", "1"])
+
+
+def test_cli_takes_several_methods(home, tiny_quick, monkeypatch):
+    done = []
+    monkeypatch.setattr(train, "run_and_record", lambda profile, run, force: done.append(run.name) or {})
+    assert train.main(["--method", "ste", "rtn_absmax", "--bits", "8", "2"]) == 0
+    assert done == ["fp32", "ste_w8a8", "rtn_absmax_w8a8", "ste_w2a8", "rtn_absmax_w2a8"]
+
+
+def test_cli_all_runs_the_grid_in_order(home, tiny_quick, monkeypatch):
+    done = []
+    monkeypatch.setattr(train, "run_and_record",
+                        lambda profile, run, force: done.append((run, profile.embed_bits)) or {})
+    assert train.main(["--all"]) == 0
+    assert [r for r, _ in done] == grid.grid_runs(tiny_quick.seed)
+    assert all(eb == (r.embed_bits or tiny_quick.embed_bits) for r, eb in done)  # each run gets its table bits

@@ -1,0 +1,68 @@
+"""Which runs the results of record hold: one method at chosen bit widths, or the comparison grid (``--all``).
+
+The grid compares quantization-aware training with post-training quantization where it matters: the weights and
+the item/position tables (most of the model's bytes, and its first and last layer) at the same width b,
+W b E b A8 for b = 8, 4, 3, 2; activation bits at W8E8A4 and W4E4A4; and A3 / A2 for the two methods that learn
+their activation range for low bits (PACT and LSQ). Every row holds the five QAT methods, AdaRound and the two
+round-to-nearest baselines (``rtn_absmax``, ``rtn_mse``); every QAT and AdaRound run at ≤ 4 bits anywhere is done
+with three seeds from the same FP32 model, so that its spread can be read beside its mean.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .experiments import PTQ_BASELINES, run_name
+from .quant import METHODS
+
+#: (weight bits, table bits, activation bits, methods): the grid's rows
+ROWS = [*((b, b, 8, (*METHODS, *PTQ_BASELINES)) for b in (8, 4, 3, 2)),
+        (8, 8, 4, (*METHODS, *PTQ_BASELINES)), (4, 4, 4, (*METHODS, *PTQ_BASELINES)),
+        *((8, 8, a, ("lsq", "pact", *PTQ_BASELINES)) for a in (3, 2))]
+#: seeds beyond the profile's own, as offsets from it, for rows at ≤ 4 bits
+EXTRA_SEEDS = (1, 2)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of record; ``seed`` None means the profile's own (and is left out of the name)."""
+
+    method: str
+    weight_bits: int | None = None
+    embed_bits: int | None = None
+    act_bits: int | None = None
+    seed: int | None = None
+
+    @property
+    def name(self) -> str:
+        return run_name(self.method, self.weight_bits, self.act_bits, self.embed_bits or 8, self.seed)
+
+
+FP32 = Run("fp32")
+
+
+def seeded(method: str) -> bool:
+    return method not in PTQ_BASELINES and method != "fp32"
+
+
+def grid_runs(profile_seed: int) -> list[Run]:
+    """FP32 first (every run starts from it), then the grid row by row, each method with its seeds."""
+    runs = [FP32]
+    for wb, eb, ab, methods in ROWS:
+        low = min(wb, eb, ab) <= 4
+        for m in methods:
+            seeds = [None, *(profile_seed + k for k in EXTRA_SEEDS)] if low and seeded(m) else [None]
+            runs += [Run(m, wb, eb, ab, s) for s in seeds]
+    return runs
+
+
+def method_runs(methods: list[str], bits: list[int], act_bits: int, embed_bits: int,
+                seeds: list[int] | None, profile_seed: int) -> list[Run]:
+    """FP32 first, then each method at each weight width (each seed; the profile's seed is the unnamed run)."""
+    runs = [FP32]
+    for b in bits:
+        for m in methods:
+            if m == "fp32":
+                continue
+            own = [None if s == profile_seed else s for s in seeds] if seeds and seeded(m) else [None]
+            runs += [Run(m, b, embed_bits, act_bits, s) for s in dict.fromkeys(own)]
+    return runs
