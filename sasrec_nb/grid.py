@@ -3,9 +3,10 @@
 The grid compares quantization-aware training with post-training quantization where it matters: the weights and
 the item/position tables (most of the model's bytes, and its first and last layer) at the same width b,
 W b E b A8 for b = 8, 4, 3, 2; activation bits at W8E8A4 and W4E4A4; and A3 / A2 for the two methods that learn
-their activation range for low bits (PACT and LSQ). Every row holds the five QAT methods, AdaRound and the two
-round-to-nearest baselines (``rtn_absmax``, ``rtn_mse``); every QAT and AdaRound run at ≤ 4 bits anywhere is done
-with three seeds from the same FP32 model, so that its spread can be read beside its mean.
+their activation range for low bits (PACT and LSQ). Every row holds the two round-to-nearest baselines
+(``rtn_absmax``, ``rtn_mse``), AdaRound and the QAT methods (all five, or LSQ and PACT at A3 / A2); every QAT and
+AdaRound run at ≤ 4 bits anywhere is done with three seeds from the same FP32 model, so that its spread can be read
+beside its mean, and every QAT run records its paired difference to each post-training run of its row.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from .experiments import PTQ_BASELINES, run_name
 from .quant import METHODS
 
 #: (weight bits, table bits, activation bits, methods): the grid's rows
-ROWS = [*((b, b, 8, (*METHODS, *PTQ_BASELINES)) for b in (8, 4, 3, 2)),
-        (8, 8, 4, (*METHODS, *PTQ_BASELINES)), (4, 4, 4, (*METHODS, *PTQ_BASELINES)),
-        *((8, 8, a, ("lsq", "pact", *PTQ_BASELINES)) for a in (3, 2))]
+#: (post-training rows first: every QAT run is compared with them, by a paired interval, when it is recorded)
+ALL = (*PTQ_BASELINES, "adaround", *(m for m in METHODS if m != "adaround"))
+ROWS = [*((b, b, 8, ALL) for b in (8, 4, 3, 2)), (8, 8, 4, ALL), (4, 4, 4, ALL),
+        *((8, 8, a, (*PTQ_BASELINES, "adaround", "lsq", "pact")) for a in (3, 2))]
 #: seeds beyond the profile's own, as offsets from it, for rows at ≤ 4 bits
 EXTRA_SEEDS = (1, 2)
 

@@ -34,8 +34,9 @@ def command_line() -> str:
 
 def record(profile: Profile, run: str, method: str, weight_bits: int | None, act_bits: int | None,
            model: nn.Module, split: Split, history: dict, baseline: nn.Module | None = None,
-           seed: int | None = None) -> dict:
-    """The results JSON of a run (DESIGN §6), with paired differences against ``baseline``.
+           seed: int | None = None, ptq: dict[str, nn.Module] | None = None) -> dict:
+    """The results JSON of a run (DESIGN §6), with paired differences against the FP32 ``baseline`` and, for a QAT
+    run, against each post-training model of the same bit widths (``ptq``: ``vs_ptq``), on the same users.
 
     ``settings`` records the profile fields the run depends on, so a later profile change is detected.
     """
@@ -62,6 +63,12 @@ def record(profile: Profile, run: str, method: str, weight_bits: int | None, act
             a, b = base["per_user_ndcg@10"][p], test["per_user_ndcg@10"][p]
             out["vs_fp32"][p] = {"fp32_ndcg@10": a.mean().item(), "ratio": b.mean().item() / a.mean().item(),
                                  "diff_ndcg@10": metrics.paired_difference(a, b)}
+    for name, other in (ptq or {}).items():
+        base = evaluate(other, split.test, profile.eval_batch_size, per_user=True)["per_user_ndcg@10"]
+        out.setdefault("vs_ptq", {})[name] = {
+            p: {"ptq_ndcg@10": base[p].mean().item(),
+                "diff_ndcg@10": metrics.paired_difference(base[p], test["per_user_ndcg@10"][p])}
+            for p in metrics.PROTOCOLS}
     return out
 
 
@@ -167,6 +174,9 @@ def run_and_record(profile: Profile, run: Run, force: bool) -> dict:
         model, history = adaround_model(profile, wb, ab, force=force, seed=run.seed)
     else:
         model, history = qat_model(profile, method, wb, ab, force=force, seed=run.seed)
+        ptq = {b: ptq_model(profile, b, wb, ab)[0] for b in PTQ_BASELINES}
+        ptq["adaround"] = adaround_model(profile, wb, ab)[0]  # the profile's seed, cached
+        return record(profile, run.name, method, wb, ab, model, split, history, baseline=fp32, seed=run.seed, ptq=ptq)
     return record(profile, run.name, method, wb, ab, model, split, history, baseline=fp32, seed=run.seed)
 
 

@@ -270,3 +270,13 @@ def test_cli_all_runs_the_grid_in_order(home, tiny_quick, monkeypatch):
     assert train.main(["--all"]) == 0
     assert [r for r, _ in done] == grid.grid_runs(tiny_quick.seed)
     assert all(eb == (r.embed_bits or tiny_quick.embed_bits) for r, eb in done)  # each run gets its table bits
+
+
+def test_a_qat_result_is_paired_with_every_post_training_run_of_its_bits(home, tiny_quick):
+    assert train.main(["--method", "lsq", "--bits", "2"]) == 0
+    q = json.loads((home / "results" / slug(home) / "quick" / "lsq_w2a8.json").read_text())
+    assert set(q["vs_ptq"]) == {"rtn_absmax", "rtn_mse", "adaround"}
+    for name, by_protocol in q["vs_ptq"].items():
+        d = by_protocol["full"]["diff_ndcg@10"]
+        assert d["mean"] == pytest.approx(q["test"]["full"]["ndcg@10"] - by_protocol["full"]["ptq_ndcg@10"], abs=1e-6)
+        assert d["ci95_low"] <= d["mean"] <= d["ci95_high"]
