@@ -15,8 +15,8 @@ _API = {
     "Popularity": "training", "evaluate": "training", "fit": "training", "load_into": "training",
     "read_checkpoint": "training", "save_checkpoint": "training",
 }
-_SUBMODULES = ("config", "data", "exercises", "experiments", "files", "int8", "loaders", "machine", "metrics", "model", "plots",
-               "quant", "report", "trace", "train", "training")
+_SUBMODULES = ("config", "data", "exercises", "experiments", "files", "grid", "int8", "loaders", "machine", "metrics",
+               "model", "plots", "quant", "report", "trace", "train", "training")
 
 __all__ = sorted(_API)
 

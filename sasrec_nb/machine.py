@@ -34,7 +34,8 @@ def isa_flags() -> dict:
     """The x86 extensions that decide int8 speed and exactness (from /proc/cpuinfo; empty elsewhere) and PyTorch's
     own reading of the CPU."""
     flags = set((_cpuinfo("flags") or "").split())
-    return {"flags": {f: f in flags for f in ISA_FLAGS}, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return {"flags": {f: f in flags for f in ISA_FLAGS},
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def machine_info(threads: int | None = None) -> dict:

@@ -10,16 +10,12 @@ scoring head alone (hidden [B, d] → top-10) and the whole model (item ids [B, 
 shape (d 128, 4 heads, 2 blocks, max_len 50, the paper's residual form) and the full-profile shape (d 50, 1 head,
 2 blocks, max_len 200, the port's residual form), for synthetic catalogues of 3.4 K, 100 K and 1 M items and
 batches 1, 32, 256. Every speed-up is against the **best** FP32 path of its row (``speedup_vs_best_fp32``). The
-memory part measures the peak resident memory of a batch of 256 against the largest catalogue with the whole score
-matrix and with the top-10 taken in item chunks (``recommend``), each in a fresh process. The JSON records the CPU,
-its instruction sets and whether its u8 × s8 kernel saturates (no VNNI: the torch back end then splits weights).
+JSON records the CPU, its instruction sets and whether its u8 × s8 kernel saturates (no VNNI: the torch back end
+then splits weights). Memory is measured by ``scripts/bench_topk_memory.py``.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -50,6 +46,7 @@ def bench_catalogue(shape: str, num_items: int, batches: tuple[int, ...], thread
     del qmodel
     fp32 = fp32_scorer(model)
     paths = {"fp32_eager": fp32, "int8_torch": Int8SASRec(state)}
+    torch._dynamo.reset()  # each catalogue compiles afresh: no recompilation limit carried over from the last one
     compiled = {"head": torch.compile(fp32.head, dynamic=True), "model": torch.compile(fp32.scores, dynamic=True)}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,30 +82,6 @@ def bench_catalogue(shape: str, num_items: int, batches: tuple[int, ...], thread
                      "int8_onnx_vs_fp32": round(sizes["int8_onnx"] / sizes["fp32"], 4)}
 
 
-def peak_memory(path: str, num_items: int, batch: int, shape: str) -> dict:
-    """Peak resident memory (MB) of one fresh process that scores ``batch`` users against ``num_items`` items and takes
-    the top-10 by ``path``: ``fp32_scores`` / ``int8_scores`` (the whole score matrix, then top-k) or
-    ``fp32_recommend`` / ``int8_recommend`` (chunks of items). The model itself is included in every figure."""
-    code = f"""
-import resource, torch
-from sasrec_nb.int8 import Int8SASRec, fp32_scorer, model_state
-from sasrec_nb.int8.bench import random_seqs, synthetic_models
-torch.set_num_threads(2)
-model, qmodel = synthetic_models({num_items}, **{SHAPES[shape]!r})
-m = fp32_scorer(model) if "{path}".startswith("fp32") else Int8SASRec(model_state(qmodel))
-del qmodel
-seqs = random_seqs({num_items}, {batch}, {SHAPES[shape]["max_len"]})
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-with torch.no_grad():
-    ids = m.scores(seqs).topk(10).indices if "{path}".endswith("scores") else m.recommend(seqs, 10)
-print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    before, after = (int(v) / 1024 for v in out[-2:])
-    return {"path": path, "num_items": num_items, "batch": batch, "shape": shape,
-            "peak_rss_mb": round(after, 1), "growth_while_scoring_mb": round(after - before, 1)}
-
-
 def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     """Share of rows whose top-10 sets are equal."""
     return (a.sort(-1).values == b.sort(-1).values).all(-1).float().mean().item()
@@ -133,10 +106,6 @@ def main() -> None:
             rows, sizes = bench_catalogue(shape, num_items, grid["batches"], args.threads, grid["repeat"])
             report["results"] += rows
             report["sizes"].append(sizes)
-    report["memory"] = [peak_memory(path, grid["items"][-1], 256, grid["shapes"][0])
-                        for path in ("fp32_scores", "fp32_recommend", "int8_scores", "int8_recommend")]
-    for m in report["memory"]:
-        print(json.dumps(m), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     files.write_json(out, report)
     print(f"wrote {out}")

@@ -59,6 +59,17 @@ def bench_sections(folder: Path) -> list[str]:
     speed = folder / "int8_speed.json"
     if speed.exists():
         parts += int8_speed_section(json.loads(speed.read_text()))
+    memory = folder / "topk_memory.json"
+    if memory.exists():
+        d = json.loads(memory.read_text())
+        r = d["results"][0]
+        parts.append(f"**Memory of the top-10** (`{d['machine']['command']}`; batch {r['batch']} against "
+                     f"{r['num_items']:,} items, whose score matrix is {d['score_matrix_mb']:,.0f} MB; growth of the "
+                     "peak resident memory while scoring, model excluded): "
+                     + ", ".join(f"{x['path'].replace('_', ' ')} {x['growth_while_scoring_mb']:,.0f} MB"
+                                 for x in d["results"])
+                     + " (`recommend` scores chunks of items and keeps a running top-10; the same top-10: "
+                     + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in d["same_top10"].items()) + ").\n")
     return parts
 
 
@@ -69,7 +80,8 @@ def int8_speed_section(d: dict) -> list[str]:
     m = d["machine"]
     isa = ", ".join(f for f, on in m["isa"]["flags"].items() if on) or "none of the listed"
     kernel = ("its u8 × s8 kernel adds pairs of products in 16 bits (no VNNI), so the PyTorch back end runs each "
-              "Linear as two exact GEMMs" if m["int8_pair_sums_saturate"] else "its u8 × s8 kernel is exact in one GEMM")
+              "Linear as two exact GEMMs" if m["int8_pair_sums_saturate"]
+              else "its u8 × s8 kernel is exact in one GEMM")
     parts = [f"**Real INT8 speed** (`{m['command']}`; {m['cpu']}, ISA {isa}: {kernel}; {m['threads']} threads, "
              f"torch {m['torch']}, onnxruntime {m['onnxruntime']}; {d['timed']}). Speed-up = time of the fastest FP32 "
              "path of the row (PyTorch eager, `torch.compile` or onnxruntime: *best FP32*) / INT8 time:\n",
@@ -88,12 +100,6 @@ def int8_speed_section(d: dict) -> list[str]:
             f"({c['best_int8'].replace('int8_', '')}, {'met' if c['met'] else '**missed**'})" for c in checks) + ".")
     sizes = ", ".join(f"{s['shape']} {s['num_items']:,} items {s['int8_torch_vs_fp32']:.2f}×" for s in d["sizes"])
     parts.append(f"\nSaved INT8 model size against FP32 (PyTorch back end): {sizes}.\n")
-    if d.get("memory"):
-        mem = d["memory"][0]
-        parts.append(f"Peak memory, batch {mem['batch']} against {mem['num_items']:,} items ({mem['shape']} shape; "
-                     "the whole score matrix then top-10, or the top-10 kept over chunks of items with `recommend`): "
-                     + ", ".join(f"{x['path'].replace('_', ' ')} {x['peak_rss_mb']:.0f} MB (+{x['growth_while_scoring_mb']:.0f} "
-                                 "MB while scoring)" for x in d["memory"]) + ".\n")
     return parts
 
 

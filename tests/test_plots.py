@@ -61,7 +61,8 @@ def test_range_setting_and_clip_figures():
     fig = plots.range_rules(choice, "dorefa", "t")
     assert fig.get_figwidth() == 10 and len(fig.axes) == 2
     assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["absmax", "percentile", "mse"]
-    stats = [{"p99": 1.0, "p999": 2.0, "max": 3.0, "clipped": 0.0}, {"p99": 1.0, "p999": 2.0, "max": 3.0, "clipped": 0.01}]
+    stats = [{"p99": 1.0, "p999": 2.0, "max": 3.0, "clipped": 0.0},
+             {"p99": 1.0, "p999": 2.0, "max": 3.0, "clipped": 0.01}]
     history = {"quantizer_scales": {"blocks.0.ffn.fc2.input_quantizer": [3.0, 2.5]},
                "quantizer_stats": {"blocks.0.ffn.fc2.input_quantizer": stats}}
     fig = plots.clip_trajectories(history, title="t")
