@@ -393,3 +393,16 @@ def int8_speedup(bench: Mapping, shape: str = "quick"):
     fig.suptitle(f"INT8 speed-up on {bench['machine'].get('threads')} CPU threads ({shape}-profile shape; "
                  "below 1×: INT8 is slower)")
     return fig
+
+
+def level_occupancy(levels: torch.Tensor, codes: torch.Tensor, title: str, unit: str = "× α σ, + μ"):
+    """How many weights land on each level of a (non-uniform) grid, drawn at the levels' own positions so that
+    their spacing shows: a stem per level, its height the count."""
+    levels = levels.detach().cpu().float()
+    counts = np.bincount(codes.detach().cpu().flatten().long().numpy(), minlength=len(levels))
+    fig, ax = _fig(10, 3.2)
+    ax.vlines(levels.numpy(), 0, counts, color=PALETTE[0], lw=2)
+    ax.plot(levels.numpy(), counts, "o", color=PALETTE[0], ms=4)
+    ax.set(xlabel=f"level value ({unit}); spacing as on the grid", ylabel="weights", title=title)
+    ax.set_ylim(bottom=0)
+    return fig

@@ -102,3 +102,10 @@ def test_int8_speedup_draws_against_the_best_fp32():
     assert fig.get_figwidth() == 10.0
     assert "best FP32" in fig.axes[0].get_ylabel()
     assert len(fig.axes[0].lines) == 2 * 2 + 1  # two back ends x two batches, and the line at 1
+
+
+def test_level_occupancy_draws_levels_at_their_values():
+    levels = torch.tensor([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0])
+    fig = plots.level_occupancy(levels, torch.tensor([3, 3, 2, 4, 0]), "t")
+    assert fig.get_figwidth() == 10.0
+    assert fig.axes[0].get_xlim()[0] < -1.0 and fig.axes[0].get_xlim()[1] > 1.0  # the level values, not indices
