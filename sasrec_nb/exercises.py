@@ -273,3 +273,30 @@ def check_int8_linear(quantize_input: Callable, int32_accumulate: Callable, int8
         want = acc.double() * x_scale * w_scale.double() + bias.double()
         _close("int8_linear", case, "y", int8_linear(x, codes, w_scale, x_scale, bias), want, atol=1e-4, rtol=1e-5)
     _passed("quantize_input, int32_accumulate and int8_linear")
+
+
+# -- 11: torchao's weight scale ------------------------------------------------------------------------
+def check_torchao_weight_scale(torchao_weight_scale: Callable) -> None:
+    """torchao's symmetric per-row weight scale (notebook 11): ``torchao_weight_scale(w, bits)`` → one scale per row
+    of w, compared with the scale torchao's own ``IntxFakeQuantizer`` computes for int8 (and, for other widths, with
+    the same rule: max|w| over half the code range, (q_max − q_min) / 2)."""
+    from . import bridge
+
+    bridge.torchao()
+    from torchao.quantization.qat import IntxFakeQuantizeConfig, IntxFakeQuantizer
+
+    for i, g, rng in _generators("torchao_weight_scale"):
+        rows, cols = int(rng.integers(2, 12)), int(rng.integers(8, 64))
+        w = _random_tensor(g, (rows, cols), float(rng.uniform(0.05, 2.0)))
+        bits = 8 if i < 3 else int(rng.integers(2, 8))
+        case = f"case {i} ({rows} × {cols} weights, {bits} bits)"
+        if bits == 8:
+            fq = IntxFakeQuantizer(IntxFakeQuantizeConfig(torch.int8, granularity="per_channel", is_symmetric=True))
+            with bridge.quiet():
+                fq(w)
+            want = fq.scale.flatten()
+        else:
+            want = w.abs().amax(1) / ((2**bits - 1) / 2)
+        _close("torchao_weight_scale", case, "scales", torchao_weight_scale(w.clone(), bits).flatten(), want,
+               atol=1e-7, rtol=1e-5)
+    _passed("torchao_weight_scale")

@@ -17,7 +17,7 @@ def requirement(spec: str) -> tuple[str, str]:
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = [requirement(s) for s in project["dependencies"]]
-    for extra in ("dev", "deploy", "course"):
+    for extra in ("dev", "deploy", "course", "bridge"):
         wanted += [requirement(s) for s in project["optional-dependencies"][extra]
                    if not s.startswith(project["name"] + "[")]  # an extra that includes another
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
