@@ -207,3 +207,10 @@ def test_every_call_draws_new_cases():
     first = list(seen)
     exercises.check_split_one(lambda s: seen.append(list(s)) or (s[:-2], (s[:-2], s[-2]), (s[:-1], s[-1])))
     assert seen[len(first):] != first
+
+
+def test_torchao_weight_scale():
+    pytest.importorskip("torchao")
+    exercises.check_torchao_weight_scale(lambda w, bits: w.abs().amax(dim=1) / ((2**bits - 1) / 2))
+    with pytest.raises(AssertionError, match=r"torchao_weight_scale, case 0 .*scales"):  # the course's abs-max
+        exercises.check_torchao_weight_scale(lambda w, bits: w.abs().amax(dim=1) / (2 ** (bits - 1) - 1))
