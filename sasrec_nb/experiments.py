@@ -13,6 +13,7 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from . import files
@@ -110,6 +111,14 @@ def fp32_model(profile: Profile, force: bool = False) -> tuple[SASRec, dict]:
     return model.eval(), history
 
 
+def starting_point(profile: Profile) -> tuple[Split, SASRec, torch.Tensor]:
+    """What every quantized run starts from: the split, the FP32 model (trained first if missing) and the
+    calibration sequences (the same ``calib_sequences`` training windows for every run of the profile)."""
+    split = load_split(profile)
+    fp32, _ = fp32_model(profile)
+    return split, fp32, calibration_sequences(split, profile.calib_sequences, profile.seed)
+
+
 def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act_bits: int | None = None,
               force: bool = False, seed: int | None = None) -> tuple[nn.Module, dict]:
     """A QAT model fine-tuned from the FP32 checkpoint, cached like the FP32 one.
@@ -127,9 +136,7 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
     wb, ab = resolve_bits(profile, method, weight_bits, act_bits)
     check_seed(seed)
     seed = None if seed == profile.seed else seed  # the profile's own seed is the run without a seed in its name
-    split = load_split(profile)
-    fp32, _ = fp32_model(profile)
-    calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
+    split, fp32, calib = starting_point(profile)
     qmodel = quantize_model(fp32, method, wb, ab, profile.embed_bits)
     path = checkpoint_dir(profile) / f"{run_name(method, wb, ab, profile.embed_bits, seed)}.pt"
     ckpt = cached_checkpoint(path, profile, method, force)
@@ -167,9 +174,7 @@ def ptq_model(profile: Profile, baseline: str, weight_bits: int | None = None,
     if baseline not in PTQ_BASELINES:
         raise ValueError(f"unknown post-training baseline {baseline!r}: use one of {', '.join(PTQ_BASELINES)}")
     wb, ab = resolve_bits(profile, "ste", weight_bits, act_bits)
-    split = load_split(profile)
-    fp32, _ = fp32_model(profile)
-    calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
+    split, fp32, calib = starting_point(profile)
     started = time.perf_counter()
     qmodel = quantize_model(fp32, "ste", wb, ab, profile.embed_bits, range_rule=PTQ_BASELINES[baseline])
     calibrate_activations(qmodel, calib.split(256))
@@ -187,9 +192,7 @@ def adaround_model(profile: Profile, weight_bits: int | None = None, act_bits: i
     wb, ab = resolve_bits(profile, "adaround", weight_bits, act_bits)
     check_seed(seed)
     seed = None if seed == profile.seed else seed
-    split = load_split(profile)
-    fp32, _ = fp32_model(profile)
-    calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
+    split, fp32, calib = starting_point(profile)
     path = checkpoint_dir(profile) / f"{run_name('adaround', wb, ab, profile.embed_bits, seed)}.pt"
     ckpt = cached_checkpoint(path, profile, "adaround", force)
     if ckpt is not None:

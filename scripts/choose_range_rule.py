@@ -25,9 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from sasrec_nb import files  # noqa: E402
 from sasrec_nb.config import get_profile  # noqa: E402
-from sasrec_nb.experiments import dataset_label, fp32_model, load_split  # noqa: E402
+from sasrec_nb.experiments import dataset_label, starting_point  # noqa: E402
 from sasrec_nb.machine import machine_info  # noqa: E402
-from sasrec_nb.loaders import calibration_sequences  # noqa: E402
 from sasrec_nb.quant import adaround, calibrate_activations, capture_inputs, quantize_model, quantizers  # noqa: E402
 from sasrec_nb.quant.ranges import RULES  # noqa: E402
 from sasrec_nb.training import evaluate  # noqa: E402
@@ -68,9 +67,7 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     profile = get_profile(args.profile)
-    split = load_split(profile)
-    fp32, _ = fp32_model(profile)
-    calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
+    split, fp32, calib = starting_point(profile)
     fp32_valid = evaluate(fp32, split.valid, profile.eval_batch_size)["full"]["ndcg@10"]
     scores: dict[str, dict[str, float]] = {}
     clip: dict[str, dict[str, float]] = {}
@@ -96,7 +93,7 @@ def main() -> int:
         "chosen": {m: max(s, key=s.get) for m, s in scores.items()},
         "range_c": clip,
         "heaviest_tail": tail_histogram(absmax_model, heaviest, calib[:256]),
-        "machine": machine_info(__import__("torch").get_num_threads()),
+        "machine": machine_info(torch.get_num_threads()),
     }
     files.write_json(Path(args.out), out)
     print("chosen:", out["chosen"])

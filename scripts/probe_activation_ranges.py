@@ -26,10 +26,9 @@ sys.path.insert(0, str(ROOT))
 from sasrec_nb import files  # noqa: E402
 
 from sasrec_nb.config import get_profile  # noqa: E402
-from sasrec_nb.experiments import dataset_label, fp32_model, load_split  # noqa: E402
+from sasrec_nb.experiments import dataset_label, starting_point  # noqa: E402
 from sasrec_nb.trace import abs_range  # noqa: E402
 from sasrec_nb.machine import machine_info  # noqa: E402
-from sasrec_nb.loaders import calibration_sequences  # noqa: E402
 from sasrec_nb.quant import calibrate_activations, capture_inputs, quantize_model, quantizers  # noqa: E402
 from sasrec_nb.training import evaluate  # noqa: E402
 
@@ -62,9 +61,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="default: results/analysis/activation_ranges_<profile>.json")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
-    split = load_split(profile)
-    fp32, _ = fp32_model(profile)
-    calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
+    split, fp32, calib = starting_point(profile)
 
     as_calibrated = act_only(fp32, calib)
     acts = quantizers(as_calibrated, "act")

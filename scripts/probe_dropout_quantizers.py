@@ -22,9 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 from sasrec_nb import files  # noqa: E402
 from sasrec_nb.config import get_profile  # noqa: E402
-from sasrec_nb.experiments import dataset_label, fp32_model, load_split, train_qat  # noqa: E402
+from sasrec_nb.experiments import dataset_label, starting_point, train_qat  # noqa: E402
 from sasrec_nb.machine import machine_info  # noqa: E402
-from sasrec_nb.loaders import calibration_sequences  # noqa: E402
 from sasrec_nb.model import CausalSelfAttention, Dropout  # noqa: E402
 from sasrec_nb.quant import quantize_model  # noqa: E402
 from sasrec_nb.training import evaluate  # noqa: E402
@@ -63,9 +62,7 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     profile = get_profile(args.profile)
-    split = load_split(profile)
-    fp32, _ = fp32_model(profile)
-    calib = calibration_sequences(split, profile.calib_sequences, profile.seed)
+    split, fp32, calib = starting_point(profile)
     out = {"profile": profile.name, "dataset": dataset_label(profile.dataset), "method": args.method, "runs": {}}
     for ab in args.act_bits:
         for dropout in (True, False):

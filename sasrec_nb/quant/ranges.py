@@ -43,15 +43,7 @@ def clip_value(x: torch.Tensor, rule: str, lo: int, hi: int) -> torch.Tensor:
         if len(a) > SAMPLE:
             a = a[torch.randperm(len(a), generator=torch.Generator().manual_seed(0))[:SAMPLE].to(a.device)]
         return torch.quantile(a, PERCENTILE / 100).clamp_min(top * 1e-3)
-    v = x.detach().flatten().float()
-    best, best_err = top, torch.tensor(float("inf"), device=v.device)
-    for k in range(1, CANDIDATES + 1):
-        c = top * k / CANDIDATES
-        s = c / hi
-        err = (torch.clamp(torch.round(v / s), lo, hi) * s - v).pow(2).mean()
-        if err < best_err:
-            best, best_err = c, err
-    return best
+    return clip_values(x.detach().flatten()[None], rule, lo, hi, axis=0)[0]
 
 
 @torch.no_grad()
