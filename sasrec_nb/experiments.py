@@ -8,6 +8,7 @@ only by ``python -m sasrec_nb.train`` (:mod:`sasrec_nb.train`), from these same 
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import replace
 from functools import lru_cache
@@ -21,7 +22,7 @@ from .config import Profile, changed_settings, checkpoint_dir, device, project_r
 from .data import REGISTRY, dataset_slug, load_dataset
 from .loaders import Split, calibration_sequences, leave_one_out
 from .model import SASRec
-from .quant import METHODS, calibrate_activations, check_bits, param_groups, quantize_model, quantizers
+from .quant import METHODS, calibrate_activations, ranges, check_bits, param_groups, quantize_model, quantizers
 from .trace import QuantizerTrace
 from .training import fit, load_into, read_checkpoint, save_checkpoint, seed_everything
 
@@ -74,8 +75,20 @@ def resolve_bits(profile: Profile, method: str, weight_bits: int | None, act_bit
     return wb, ab
 
 
-def cached_checkpoint(path: Path, profile: Profile, method: str, force: bool) -> dict | None:
-    """The checkpoint at ``path`` (None when absent or ``force``); an error when it was trained with other settings.
+def start_of(fp32: nn.Module, method: str) -> dict:
+    """What a quantized run starts from, kept in its checkpoint and checked when it is loaded: a digest of the FP32
+    weights and, for a method whose activation grids stay fixed, the range rule that sets them (``ranges.DEFAULT``)."""
+    digest = hashlib.sha256()
+    for name, tensor in fp32.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return {"fp32": digest.hexdigest()[:16], "act_range_rule": ranges.DEFAULT.get(method)}
+
+
+def cached_checkpoint(path: Path, profile: Profile, method: str, force: bool,
+                      start: dict | None = None) -> dict | None:
+    """The checkpoint at ``path`` (None when absent or ``force``); an error when it was trained with other settings
+    or, for a quantized run, from another ``start`` (:func:`start_of`: other FP32 weights or another range rule).
 
     The checkpoint records the profile it was trained with; :func:`config.run_fields` names the fields that matter.
     """
@@ -83,11 +96,13 @@ def cached_checkpoint(path: Path, profile: Profile, method: str, force: bool) ->
         return None
     ckpt = read_checkpoint(path)
     changed = changed_settings(ckpt["meta"].get("profile", {}), profile, run_fields(method))
+    redo = f"\n  retrain it (python -m sasrec_nb.train --profile {profile.name} --force ...) or delete it"
     if changed:
         raise ValueError(f"{shown(path)} was trained with other settings than the {profile.name!r} profile has now:\n  "
-                         + "\n  ".join(changed)
-                         + f"\n  retrain it (python -m sasrec_nb.train --profile {profile.name} --force ...)"
-                         " or delete it")
+                         + "\n  ".join(changed) + redo)
+    if start is not None and ckpt["meta"].get("start") != start:
+        raise ValueError(f"{shown(path)} was trained from another starting point than the FP32 checkpoint and range "
+                         f"rules of now (recorded {ckpt['meta'].get('start')}, now {start}){redo}")
     return ckpt
 
 
@@ -139,14 +154,15 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
     split, fp32, calib = starting_point(profile)
     qmodel = quantize_model(fp32, method, wb, ab, profile.embed_bits)
     path = checkpoint_dir(profile) / f"{run_name(method, wb, ab, profile.embed_bits, seed)}.pt"
-    ckpt = cached_checkpoint(path, profile, method, force)
+    start = start_of(fp32, method)
+    ckpt = cached_checkpoint(path, profile, method, force, start)
     if ckpt is not None:
         for q in quantizers(qmodel).values():
             q.initialized.fill_(True)
         load_into(qmodel, ckpt["state_dict"], str(shown(path)))
         return qmodel.eval(), ckpt["meta"].get("history", {})
     history = train_qat(qmodel, split, profile if seed is None else replace(profile, seed=seed), calib)
-    save_checkpoint(path, qmodel, {"profile": profile.to_dict(), "history": history})
+    save_checkpoint(path, qmodel, {"profile": profile.to_dict(), "history": history, "start": start})
     files.write_json(path.with_suffix(".json"), history)
     return qmodel.eval(), history
 
@@ -194,7 +210,8 @@ def adaround_model(profile: Profile, weight_bits: int | None = None, act_bits: i
     seed = None if seed == profile.seed else seed
     split, fp32, calib = starting_point(profile)
     path = checkpoint_dir(profile) / f"{run_name('adaround', wb, ab, profile.embed_bits, seed)}.pt"
-    ckpt = cached_checkpoint(path, profile, "adaround", force)
+    start = start_of(fp32, "adaround")
+    ckpt = cached_checkpoint(path, profile, "adaround", force, start)
     if ckpt is not None:
         qmodel = adaround.from_state(fp32, ckpt["state_dict"], wb, ab, profile.embed_bits)
         return qmodel.eval(), ckpt["meta"].get("report", {})
@@ -202,5 +219,5 @@ def adaround_model(profile: Profile, weight_bits: int | None = None, act_bits: i
                                         iters=profile.adaround_iters, lr=profile.adaround_lr,
                                         seed=profile.seed if seed is None else seed,
                                         progress=profile.progress)
-    save_checkpoint(path, qmodel, {"profile": profile.to_dict(), "report": report})
+    save_checkpoint(path, qmodel, {"profile": profile.to_dict(), "report": report, "start": start})
     return qmodel.eval(), report

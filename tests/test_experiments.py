@@ -6,7 +6,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sasrec_nb import config, experiments, grid, report, train
+from sasrec_nb import config, experiments, grid, report, train, training
+from sasrec_nb.quant import ranges
 from sasrec_nb.data import dataset_slug, synthetic
 
 
@@ -217,6 +218,27 @@ def test_a_checkpoint_trained_with_other_settings_is_refused_not_reused(home):
     experiments.fp32_model(qat_only)  # a QAT setting does not make the FP32 run stale
     retrained, _ = experiments.fp32_model(changed, force=True)
     assert retrained.config["residual"] == "port"
+
+
+def test_a_quantized_run_from_another_fp32_model_or_range_rule_is_refused_not_reused(home, monkeypatch):
+    """A cached QAT or AdaRound run belongs to the FP32 weights and the range rule it started from."""
+    profile = tiny_profile()
+    experiments.qat_model(profile, "dorefa", 8, 8)
+    experiments.adaround_model(profile, 8, 8)
+    experiments.qat_model(profile, "dorefa", 8, 8)  # the same start: loaded
+    monkeypatch.setitem(ranges.DEFAULT, "dorefa", "mse")
+    with pytest.raises(ValueError, match=r"dorefa_w8a8\.pt was trained from another starting point(.|\n)*"
+                                         r"'act_range_rule': 'absmax'(.|\n)*'act_range_rule': 'mse'(.|\n)*--force"):
+        experiments.qat_model(profile, "dorefa", 8, 8)
+    path = home / "checkpoints" / slug(home) / "quick" / "fp32.pt"  # other FP32 weights in the same place
+    fp32, _ = experiments.fp32_model(profile)
+    with torch.no_grad():
+        fp32.item_emb.weight.mul_(1.01)
+    training.save_checkpoint(path, fp32, training.read_checkpoint(path)["meta"])
+    with pytest.raises(ValueError, match=r"adaround_w8a8\.pt was trained from another starting point"):
+        experiments.adaround_model(profile, 8, 8)
+    experiments.adaround_model(profile, 8, 8, force=True)
+    experiments.adaround_model(profile, 8, 8)  # retrained from the new start: loaded again
 
 
 def test_qat_model_refuses_adaround_and_bad_bits_before_any_work(home, monkeypatch):
