@@ -290,19 +290,37 @@ def quality_table(results: Mapping[str, Mapping], fp32: Mapping) -> pd.DataFrame
 
 
 # -- comparison and deployment (notebooks 09-10, README) -----------------------------------------------
+#: one colour and marker per method, the same in every comparison figure (no two orange hues side by side)
+METHOD_STYLE = {"ste": (PALETTE[0], "o"), "lsq": (PALETTE[2], "s"), "pact": (PALETTE[4], "^"),
+                "dorefa": (PALETTE[1], "D"), "apot": (PALETTE[7], "v"), "adaround": ("black", "X"),
+                "rtn_absmax": (PALETTE[3], "x"), "rtn_mse": (PALETTE[5], "P")}
+
+
 def quality_vs_bits(results: pd.DataFrame, title: str = "quality against weight bit width"):
-    """NDCG@10 of every method against its weight bit width, both protocols, FP32 as a dashed line."""
-    fig, axes = _fig(10, 3.8, 2)
-    for ax, protocol in zip(axes, ("full", "sampled100")):
-        column = f"{protocol} NDCG@10"
-        for method, rows in results[results["method"] != "fp32"].groupby("method", sort=False):
-            rows = rows.sort_values("weight_bits")
-            ax.plot(rows["weight_bits"], rows[column], "o-", label=method)
-        if "fp32" in results.index:
-            ax.axhline(results.loc["fp32", column], color="k", ls="--", lw=1, label="FP32")
-        bits = sorted(b for b in results["weight_bits"].unique() if b < 32)
-        ax.set(xlabel="weight bits (activations 8 bits)", ylabel="NDCG@10", title=protocol, xticks=bits)
-    axes[0].legend(fontsize=8)
+    """Left: full-ranking NDCG@10 as % of each run's FP32 start against the weight bit width, with the paired 95 %
+    interval as an error bar (methods side by side at each width); right: sampled-100 NDCG@10, FP32 dashed."""
+    fig, (left, right) = _fig(10, 3.8, 2)
+    runs = results[results["method"] != "fp32"]
+    methods = list(dict.fromkeys(runs["method"]))
+    for k, (method, rows) in enumerate(runs.groupby("method", sort=False)):
+        rows = rows.sort_values("weight_bits")
+        color, marker = METHOD_STYLE.get(method, (PALETTE[k % len(PALETTE)], "o"))
+        x = np.log2(rows["weight_bits"].to_numpy()) + 0.07 * (k - (len(methods) - 1) / 2)
+        pct = rows["% of FP32"].to_numpy()
+        scale = 100 / rows["FP32 start"].to_numpy()
+        err = np.stack([(rows["Δ NDCG@10"] - rows["CI low"]) * scale, (rows["CI high"] - rows["Δ NDCG@10"]) * scale])
+        left.errorbar(x, pct, yerr=err, color=color, marker=marker, ms=5, lw=1.2, capsize=2, label=method)
+        right.plot(x, rows["sampled100 NDCG@10"], color=color, marker=marker, ms=5, lw=1.2, label=method)
+    left.axhline(100, color="k", ls="--", lw=1, label="FP32")
+    if "fp32" in results.index:
+        right.axhline(results.loc["fp32", "sampled100 NDCG@10"], color="k", ls="--", lw=1, label="FP32")
+    bits = sorted(b for b in runs["weight_bits"].unique() if b < 32)
+    for ax in (left, right):
+        ax.set_xticks(np.log2(bits), [str(b) for b in bits])
+        ax.set_xlabel("weight bits (activations 8 bits)")
+    left.set(ylabel="full NDCG@10, % of FP32 (95 % interval)", title="full ranking, paired against FP32")
+    right.set(ylabel="NDCG@10", title="sampled-100")
+    left.legend(fontsize=8, ncol=2)
     fig.suptitle(title)
     return fig
 

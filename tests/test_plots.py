@@ -109,3 +109,35 @@ def test_level_occupancy_draws_levels_at_their_values():
     fig = plots.level_occupancy(levels, torch.tensor([3, 3, 2, 4, 0]), "t")
     assert fig.get_figwidth() == 10.0
     assert fig.axes[0].get_xlim()[0] < -1.0 and fig.axes[0].get_xlim()[1] > 1.0  # the level values, not indices
+
+
+def test_quality_vs_bits_shows_intervals_and_one_style_per_method():
+    import pandas as pd
+
+    rows = [{"run": "fp32", "method": "fp32", "weight_bits": 32, "sampled100 NDCG@10": 0.6}]
+    for method in ("ste", "lsq", "pact", "dorefa", "apot", "adaround"):
+        for bits in (8, 4, 2):
+            rows.append({"run": f"{method}_w{bits}a8", "method": method, "weight_bits": bits, "FP32 start": 0.2,
+                         "% of FP32": 99.0, "Δ NDCG@10": -0.002, "CI low": -0.004, "CI high": 0.0,
+                         "sampled100 NDCG@10": 0.59})
+    fig = plots.quality_vs_bits(pd.DataFrame(rows).set_index("run"), "t")
+    left, right = fig.axes
+    labels = left.get_legend_handles_labels()[1]
+    methods = ["ste", "lsq", "pact", "dorefa", "apot", "adaround"]
+    assert sorted(labels) == sorted([*methods, "FP32"])
+    assert left.get_ylabel() and left.get_xlabel() and right.get_ylabel()
+    assert len({str(plots.METHOD_STYLE[m]) for m in methods}) == 6, "every method its own colour and marker"
+    bars = [c for c in left.containers if hasattr(c, "has_yerr") and c.has_yerr]
+    assert len(bars) == 6, "each method's paired interval drawn"
+    low, high = bars[0].lines[2][0].get_segments()[0][:, 1]  # the first error bar: 100 * (1 + CI / start)
+    assert low == pytest.approx(98.0) and high == pytest.approx(100.0)
+
+
+def test_every_figure_function_is_drawn_by_a_test():
+    import inspect
+    from pathlib import Path
+
+    source = Path(__file__).read_text()
+    public = [n for n, f in inspect.getmembers(plots, inspect.isfunction)
+              if f.__module__ == plots.__name__ and not n.startswith("_")]
+    assert [n for n in public if f"plots.{n}(" not in source] == []
