@@ -40,6 +40,14 @@ import torch
 
 PROFILE_ENV, DATASET_ENV, HOME_ENV = "SASREC_NB_PROFILE", "SASREC_NB_DATASET", "SASREC_NB_HOME"
 #: where cached runs live (default ``<project>/checkpoints``): a second test pass points it at a fresh folder
+#: Reference points, not runs of this project: the reference PyTorch port of SASRec (the paper's binary cross-entropy,
+#: d = 50, max_len 200, 200 epochs) on each dataset, test users, full ranking unless named; popularity is the
+#: most-interacted-unseen baseline under full ranking. Notebook 02 sets its model beside them.
+REFERENCE_PORT: dict[str, dict[str, float]] = {
+    "ml-100k": {"full ndcg@10": 0.103, "full hit@10": 0.191, "sampled100 ndcg@10": 0.418,
+                "popularity ndcg@10": 0.045},
+    "ml-1m-sasrec-trunc2": {"full ndcg@10": 0.134, "sampled100 ndcg@10": 0.619},
+}
 CHECKPOINTS_ENV = "SASREC_NB_CHECKPOINTS"
 #: CPU threads for torch (default: torch's own choice); ``1`` reorders float sums the way another CPU does
 THREADS_ENV = "SASREC_NB_THREADS"

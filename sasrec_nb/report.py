@@ -30,12 +30,12 @@ def load_results(profile: Profile, folder: Path | None = None) -> pd.DataFrame:
             "sampled100 NDCG@10": r["test"]["sampled100"]["ndcg@10"],
             "sampled100 Hit@10": r["test"]["sampled100"]["hit@10"],
             "model MB": r["model_bytes"] / 1e6, "train s": r["train_seconds"], "s/epoch": r["seconds_per_epoch"],
-            "epochs": r["epochs"], "n_users": r["n_users"],
+            "epochs": r["epochs"], "n_users": r["n_users"], "cpu": r.get("cpu", ""),
         }
         vs = r.get("vs_fp32", {}).get("full")
         if vs:
             d = vs["diff_ndcg@10"]
-            row.update({"% of FP32": 100 * vs["ratio"], "Δ NDCG@10": d["mean"],
+            row.update({"FP32 start": vs["fp32_ndcg@10"], "% of FP32": 100 * vs["ratio"], "Δ NDCG@10": d["mean"],
                         "95% CI": f"[{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}]",
                         "CI low": d["ci95_low"], "CI high": d["ci95_high"]})
         rows.append(row)
@@ -49,7 +49,7 @@ def load_results(profile: Profile, folder: Path | None = None) -> pd.DataFrame:
 def markdown_table(df: pd.DataFrame) -> str:
     """The README's results table."""
     cols = ["method", "weight_bits", "act_bits", "full NDCG@10", "full Hit@10", "sampled100 NDCG@10",
-            "sampled100 Hit@10", "% of FP32", "95% CI", "model MB", "train s"]
+            "sampled100 Hit@10", "FP32 start", "% of FP32", "95% CI", "model MB", "train s"]
     view = df[[c for c in cols if c in df]].copy()
     lines = ["| " + " | ".join(["run"] + list(view.columns)) + " |", "|" + "---|" * (len(view.columns) + 1)]
     for run, row in view.iterrows():

@@ -74,3 +74,53 @@ def test_outputs_not_compared_are_asserted(path: Path):
     for i, source in enumerate(code):
         if "# NBVAL_IGNORE_OUTPUT" in source.splitlines():
             assert any("assert " in s for s in code[i:i + 3]), f"code cell {i}: output ignored by nbval, never asserted"
+
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+#: a decimal in prose, outside $math$ and `code`; integers (epochs, users, bits) are not run numbers
+DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")
+MATH_OR_CODE = re.compile(r"\$\$.*?\$\$|\$[^$]*\$|`[^`]*`", re.DOTALL)
+
+
+def numbers_in(obj):
+    if isinstance(obj, dict):
+        for value in obj.values():
+            yield from numbers_in(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from numbers_in(value)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield float(obj)
+
+
+def run_numbers() -> set[float]:
+    """Every number in the committed results JSON, as a value and as a percentage."""
+    values = {v for f in RESULTS.rglob("*.json") for v in numbers_in(json.loads(f.read_text()))}
+    return values | {100 * v for v in values}
+
+
+def quotes_a_run(token: str, values: set[float]) -> bool:
+    """``token`` (e.g. '0.1851', '96.7') has three or more significant digits and equals a result at its precision."""
+    if len(token.replace(".", "").lstrip("0")) < 3:
+        return False
+    decimals, x = len(token.split(".")[1]), float(token)
+    return any(abs(round(v, decimals) - x) < 10 ** -(decimals + 3) for v in values)
+
+
+def test_quotes_a_run_detects_a_typed_metric():
+    values = {0.18512, 96.71}
+    assert quotes_a_run("0.1851", values) and quotes_a_run("96.7", values) and quotes_a_run("0.185", values)
+    assert not quotes_a_run("0.1852", values) and not quotes_a_run("0.19", values) and not quotes_a_run("1.5", values)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_markdown_states_no_run_number(path: Path):
+    """Prose cannot drift from the runs: a number from a results JSON is written into the notebook by code (a Markdown
+    display built from the run, as notebook 04's 2-bit paragraph), never typed into a Markdown cell."""
+    values = run_numbers()
+    for i, cell in enumerate(load(path)["cells"]):
+        if cell["cell_type"] != "markdown":
+            continue
+        prose = MATH_OR_CODE.sub(" ", "".join(cell["source"]))
+        typed = [t for t in DECIMAL.findall(prose) if quotes_a_run(t, values)]
+        assert not typed, f"markdown cell {i} types run numbers {typed}: render them from the results instead"
