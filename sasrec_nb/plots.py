@@ -325,6 +325,33 @@ def quality_vs_bits(results: pd.DataFrame, title: str = "quality against weight 
     return fig
 
 
+def quality_vs_size(summary: pd.DataFrame, title: str = "quality against model size"):
+    """Each (setting, method) of :func:`report.seed_summary` at its packed size: mean % of FP32 with the seeds' range
+    as a bar, one colour and marker per method, and the Pareto front (no smaller model keeps more) as a step line."""
+    fig, ax = _fig(10, 4.2)
+    flat = summary.reset_index()
+    for k, (method, rows) in enumerate(flat.groupby("method", sort=False)):
+        color, marker = METHOD_STYLE.get(method, (PALETTE[k % len(PALETTE)], "o"))
+        err = np.stack([rows["% of FP32"] - rows["min %"], rows["max %"] - rows["% of FP32"]])
+        ax.errorbar(rows["model MB"], rows["% of FP32"], yerr=err, color=color, marker=marker, ls="none", ms=6,
+                    capsize=2, label=method)
+    front, best = [], -np.inf
+    for _, row in flat.sort_values(["model MB", "% of FP32"], ascending=[True, False]).iterrows():
+        if row["% of FP32"] > best:
+            best = row["% of FP32"]
+            front.append(row)
+    ax.step([r["model MB"] for r in front], [r["% of FP32"] for r in front], where="post", color="0.4", lw=1,
+            ls=":", label="Pareto front")
+    for r in front:
+        ax.annotate(r["setting"], (r["model MB"], r["% of FP32"]), textcoords="offset points", xytext=(4, -10),
+                    fontsize=7, color="0.3")
+    ax.axhline(100, color="k", ls="--", lw=1, label="FP32")
+    ax.set(xscale="log", xlabel="model size, MB (codes packed at their bit width, plus scales)",
+           ylabel="full NDCG@10, % of FP32 (mean, seed range)", title=title)
+    ax.legend(fontsize=8, ncol=2)
+    return fig
+
+
 def activation_ranges(points: Mapping[str, Mapping], title: str = "activation ranges of the FP32 model"):
     """Per quantization point, on a log axis: the 99th and 99.9th percentile and the max of |x| over real
     positions (the max is the span of a fixed abs-max grid)."""

@@ -12,7 +12,9 @@ from .files import read_json
 from .loaders import Split
 from .training import evaluate
 
-METHOD_ORDER = ("fp32", "ste", "lsq", "pact", "dorefa", "apot", "adaround")
+METHOD_ORDER = ("fp32", "rtn_absmax", "rtn_mse", "ste", "lsq", "pact", "dorefa", "apot", "adaround")
+#: post-training rows a QAT run is paired with (``vs_ptq`` in its results JSON)
+PTQ_ROWS = ("rtn_absmax", "rtn_mse", "adaround")
 
 
 def load_results(profile: Profile, folder: Path | None = None) -> pd.DataFrame:
@@ -31,7 +33,11 @@ def load_results(profile: Profile, folder: Path | None = None) -> pd.DataFrame:
             "sampled100 Hit@10": r["test"]["sampled100"]["hit@10"],
             "model MB": r["model_bytes"] / 1e6, "train s": r["train_seconds"], "s/epoch": r["seconds_per_epoch"],
             "epochs": r["epochs"], "n_users": r["n_users"], "cpu": r.get("cpu", ""),
+            "embed_bits": r.get("embed_bits") or 32, "seed": r.get("seed"),
         }
+        for name, vs_ptq in r.get("vs_ptq", {}).items():
+            d = vs_ptq["full"]["diff_ndcg@10"]
+            row.update({f"vs {name}": d["mean"], f"vs {name} low": d["ci95_low"], f"vs {name} high": d["ci95_high"]})
         vs = r.get("vs_fp32", {}).get("full")
         if vs:
             d = vs["diff_ndcg@10"]
@@ -43,7 +49,43 @@ def load_results(profile: Profile, folder: Path | None = None) -> pd.DataFrame:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
     df["order"] = df["method"].map({m: i for i, m in enumerate(METHOD_ORDER)})
-    return df.sort_values(["order", "weight_bits"], ascending=[True, False]).drop(columns="order").set_index("run")
+    df["seed order"] = df["seed"].fillna(-1)
+    return (df.sort_values(["order", "weight_bits", "embed_bits", "act_bits", "seed order"],
+                           ascending=[True, False, False, False, True])
+            .drop(columns=["order", "seed order"]).set_index("run"))
+
+
+def setting(weight_bits: int, embed_bits: int, act_bits: int) -> str:
+    """A grid row's name: ``W4E4A8`` (weights, item/position tables, activations)."""
+    return f"W{weight_bits}E{embed_bits}A{act_bits}"
+
+
+def seed_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per (setting, method) of a results table (:func:`load_results`): the number of seeds, the mean, min and
+    max % of FP32 over them, every seed's paired 95 % interval against FP32, and for QAT the paired difference of the
+    worst seed to each post-training row (``vs rtn_absmax`` …: the interval of the seed with the lowest difference)."""
+    runs = results[results["method"] != "fp32"]
+    rows = []
+    for (wb, eb, ab, method), group in runs.groupby(["weight_bits", "embed_bits", "act_bits", "method"], sort=False):
+        pct = group["% of FP32"]
+        row = {"setting": setting(wb, eb, ab), "method": method, "seeds": len(group),
+               "% of FP32": pct.mean(), "min %": pct.min(), "max %": pct.max(),
+               "intervals": "; ".join(f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in zip(group["CI low"], group["CI high"])),
+               "model MB": group["model MB"].iloc[0]}
+        for ptq in PTQ_ROWS:
+            if f"vs {ptq}" in group and group[f"vs {ptq}"].notna().all():
+                worst = group.loc[group[f"vs {ptq}"].idxmin()]
+                row[f"vs {ptq}"] = worst[f"vs {ptq}"]
+                row[f"vs {ptq} CI"] = f"[{worst[f'vs {ptq} low']:+.4f}, {worst[f'vs {ptq} high']:+.4f}]"
+                row[f"above {ptq}"] = bool((group[f"vs {ptq} low"] > 0).all())
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["setting", "method"])
+
+
+def separated(summary: pd.DataFrame, setting_name: str, a: str, b: str) -> bool:
+    """Whether two methods of one setting may be ranked: their seed ranges (min % … max %) do not overlap."""
+    ra, rb = summary.loc[(setting_name, a)], summary.loc[(setting_name, b)]
+    return ra["min %"] > rb["max %"] or rb["min %"] > ra["max %"]
 
 
 def markdown_table(df: pd.DataFrame) -> str:

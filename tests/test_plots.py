@@ -141,3 +141,20 @@ def test_every_figure_function_is_drawn_by_a_test():
     public = [n for n, f in inspect.getmembers(plots, inspect.isfunction)
               if f.__module__ == plots.__name__ and not n.startswith("_")]
     assert [n for n in public if f"plots.{n}(" not in source] == []
+
+
+def test_quality_vs_size_marks_the_pareto_front():
+    import pandas as pd
+
+    summary = pd.DataFrame([
+        {"setting": "W8E8A8", "method": "lsq", "% of FP32": 100.0, "min %": 99.0, "max %": 101.0, "model MB": 0.4},
+        {"setting": "W4E4A8", "method": "lsq", "% of FP32": 98.0, "min %": 97.0, "max %": 99.0, "model MB": 0.2},
+        {"setting": "W4E4A8", "method": "rtn_absmax", "% of FP32": 90.0, "min %": 90.0, "max %": 90.0,
+         "model MB": 0.2},
+        {"setting": "W2E2A8", "method": "pact", "% of FP32": 95.0, "min %": 94.0, "max %": 96.0, "model MB": 0.1},
+    ]).set_index(["setting", "method"])
+    fig = plots.quality_vs_size(summary, "t")
+    ax = fig.axes[0]
+    front = next(line for line in ax.get_lines() if line.get_label() == "Pareto front")
+    assert list(front.get_xdata()) == [0.1, 0.2, 0.4] and list(front.get_ydata()) == [95.0, 98.0, 100.0]
+    assert ax.get_xlabel() and ax.get_ylabel() and "rtn_absmax" in ax.get_legend_handles_labels()[1]

@@ -1,0 +1,61 @@
+"""Results tables from results JSON: seeds summarised per grid row, paired comparisons with the PTQ rows."""
+import json
+
+import pytest
+
+from sasrec_nb import config, report
+
+
+def result(run, method, wb, eb, ab, ndcg, seed=None, ci=(-0.01, 0.01), vs_ptq=None) -> dict:
+    out = {"run": run, "method": method, "weight_bits": wb, "act_bits": ab, "embed_bits": eb, "seed": seed,
+           "test": {p: {"ndcg@10": ndcg, "hit@10": 2 * ndcg} for p in ("full", "sampled100")}, "n_users": 100,
+           "model_bytes": 1000 * (wb or 32), "train_seconds": 1.0, "seconds_per_epoch": 1.0, "epochs": 1,
+           "cpu": "test CPU"}
+    if method != "fp32":
+        out["vs_fp32"] = {"full": {"fp32_ndcg@10": 0.2, "ratio": ndcg / 0.2,
+                                   "diff_ndcg@10": {"mean": ndcg - 0.2, "ci95_low": ci[0], "ci95_high": ci[1]}}}
+    if vs_ptq:
+        out["vs_ptq"] = {name: {"full": {"ptq_ndcg@10": 0.1, "diff_ndcg@10": {"mean": (lo + hi) / 2,
+                                                                            "ci95_low": lo, "ci95_high": hi}}}
+                         for name, (lo, hi) in vs_ptq.items()}
+    return out
+
+
+@pytest.fixture()
+def table(tmp_path):
+    runs = [result("fp32", "fp32", None, None, None, 0.2),
+            result("rtn_absmax_w2e2a8", "rtn_absmax", 2, 2, 8, 0.12),
+            result("lsq_w2e2a8", "lsq", 2, 2, 8, 0.18, seed=42, vs_ptq={"rtn_absmax": (0.05, 0.07)}),
+            result("lsq_w2e2a8_seed43", "lsq", 2, 2, 8, 0.17, seed=43, vs_ptq={"rtn_absmax": (0.04, 0.06)}),
+            result("lsq_w2e2a8_seed44", "lsq", 2, 2, 8, 0.19, seed=44, vs_ptq={"rtn_absmax": (-0.01, 0.08)}),
+            result("pact_w2e2a8", "pact", 2, 2, 8, 0.185, seed=42, vs_ptq={"rtn_absmax": (0.06, 0.07)}),
+            result("pact_w2e2a8_seed43", "pact", 2, 2, 8, 0.19, seed=43, vs_ptq={"rtn_absmax": (0.06, 0.08)}),
+            result("lsq_w8a8", "lsq", 8, 8, 8, 0.2, seed=42)]
+    for r in runs:
+        (tmp_path / f"{r['run']}.json").write_text(json.dumps(r))
+    return report.load_results(config.get_profile("quick"), tmp_path)
+
+
+def test_load_results_orders_rows_and_reads_every_comparison(table):
+    assert list(table.index[:2]) == ["fp32", "rtn_absmax_w2e2a8"]
+    assert list(table.index[table["method"] == "lsq"]) == ["lsq_w8a8", "lsq_w2e2a8", "lsq_w2e2a8_seed43",
+                                                          "lsq_w2e2a8_seed44"]
+    assert table.loc["lsq_w2e2a8", "vs rtn_absmax low"] == 0.05 and table.loc["lsq_w2e2a8", "FP32 start"] == 0.2
+    assert table.loc["fp32", "embed_bits"] == 32 and table.loc["lsq_w2e2a8", "embed_bits"] == 2
+
+
+def test_seed_summary_gives_mean_range_every_interval_and_the_worst_seed_against_ptq(table):
+    summary = report.seed_summary(table)
+    lsq = summary.loc[("W2E2A8", "lsq")]
+    assert lsq["seeds"] == 3 and lsq["% of FP32"] == pytest.approx(90.0)
+    assert (lsq["min %"], lsq["max %"]) == (pytest.approx(85.0), pytest.approx(95.0))
+    assert lsq["intervals"].count(";") == 2
+    assert lsq["vs rtn_absmax CI"] == "[-0.0100, +0.0800]" and not lsq["above rtn_absmax"]  # one seed's contains zero
+    assert summary.loc[("W2E2A8", "pact"), "above rtn_absmax"]
+    assert "vs rtn_absmax" not in summary.columns or summary.loc[("W8E8A8", "lsq")].isna()["vs rtn_absmax"]
+
+
+def test_methods_whose_seed_ranges_overlap_are_not_ranked(table):
+    summary = report.seed_summary(table)
+    assert not report.separated(summary, "W2E2A8", "lsq", "pact")  # 85–95 % against 92.5–95 %
+    assert report.separated(summary, "W2E2A8", "pact", "rtn_absmax")
