@@ -32,7 +32,8 @@ def load_results(profile: Profile, folder: Path | None = None) -> pd.DataFrame:
             "sampled100 NDCG@10": r["test"]["sampled100"]["ndcg@10"],
             "sampled100 Hit@10": r["test"]["sampled100"]["hit@10"],
             "model MB": r["model_bytes"] / 1e6, "train s": r["train_seconds"], "s/epoch": r["seconds_per_epoch"],
-            "epochs": r["epochs"], "n_users": r["n_users"], "cpu": r.get("cpu", ""),
+            "epochs": r["epochs"], "best epoch": r.get("best_epoch"), "n_users": r["n_users"],
+            "cpu": r.get("cpu", ""),
             "embed_bits": r.get("embed_bits") or 32, "seed": r.get("seed"),
         }
         for name, vs_ptq in r.get("vs_ptq", {}).items():
@@ -61,9 +62,10 @@ def setting(weight_bits: int, embed_bits: int, act_bits: int) -> str:
 
 
 def seed_summary(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per (setting, method) of a results table (:func:`load_results`): the number of seeds, the mean, min and
-    max % of FP32 over them, every seed's paired 95 % interval against FP32, and for QAT the paired difference of the
-    worst seed to each post-training row (``vs rtn_absmax`` …: the interval of the seed with the lowest difference)."""
+    """One row per (setting, method) of a results table (:func:`load_results`): the number of seeds, the mean, min
+    and max % of FP32 over them, every seed's paired 95 % interval against FP32, and for QAT the paired difference of
+    the worst seed to each post-training row (``vs rtn_absmax`` …: the interval of the seed with the lowest
+    difference)."""
     runs = results[results["method"] != "fp32"]
     rows = []
     for (wb, eb, ab, method), group in runs.groupby(["weight_bits", "embed_bits", "act_bits", "method"], sort=False):
