@@ -159,8 +159,9 @@ def _reconstruct(wq: AdaRoundQuantizer, fp_out: Callable, q_out: Callable, x: to
         opt.zero_grad(set_to_none=True)
         (recon + lam * reg).backward()
         opt.step()
-        if t % log_every == 0 or t == iters - 1:
-            for key, value in zip(curve, (t, recon.item(), reg.item(), b)):
+        if t % log_every == 0 or t == iters - 1:  # the regulariser as it enters the loss (λ·f_reg), none in warm-up
+            logged_reg = lam * reg.item() if t >= warmup * iters else float("nan")
+            for key, value in zip(curve, (t, recon.item(), logged_reg, b)):
                 curve[key].append(value)
     if snapshots is not None:
         snapshots.append((1.0, wq.h().detach().flatten().clone()))
