@@ -40,6 +40,9 @@ import torch
 
 PROFILE_ENV, DATASET_ENV, HOME_ENV = "SASREC_NB_PROFILE", "SASREC_NB_DATASET", "SASREC_NB_HOME"
 #: where cached runs live (default ``<project>/checkpoints``): a second test pass points it at a fresh folder
+CHECKPOINTS_ENV = "SASREC_NB_CHECKPOINTS"
+#: CPU threads for torch (default: torch's own choice); ``1`` reorders float sums the way another CPU does
+THREADS_ENV = "SASREC_NB_THREADS"
 #: Reference points, not runs of this project: the reference PyTorch port of SASRec (the paper's binary cross-entropy,
 #: d = 50, max_len 200, 200 epochs) on each dataset, test users, full ranking unless named; popularity is the
 #: most-interacted-unseen baseline under full ranking. Notebook 02 sets its model beside them.
@@ -48,9 +51,6 @@ REFERENCE_PORT: dict[str, dict[str, float]] = {
                 "popularity ndcg@10": 0.045},
     "ml-1m-sasrec-trunc2": {"full ndcg@10": 0.134, "sampled100 ndcg@10": 0.619},
 }
-CHECKPOINTS_ENV = "SASREC_NB_CHECKPOINTS"
-#: CPU threads for torch (default: torch's own choice); ``1`` reorders float sums the way another CPU does
-THREADS_ENV = "SASREC_NB_THREADS"
 
 #: the values each string setting may take
 CHOICES = {"lr_schedule": ("constant", "cosine"), "loss": ("ce", "bce"), "train_windows": ("last", "all"),

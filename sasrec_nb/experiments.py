@@ -22,7 +22,7 @@ from .config import Profile, changed_settings, checkpoint_dir, device, project_r
 from .data import REGISTRY, dataset_slug, load_dataset
 from .loaders import Split, calibration_sequences, leave_one_out
 from .model import SASRec
-from .quant import METHODS, calibrate_activations, ranges, check_bits, param_groups, quantize_model, quantizers
+from .quant import METHODS, calibrate_activations, check_bits, param_groups, quantize_model, quantizers, ranges
 from .trace import QuantizerTrace
 from .training import fit, load_into, read_checkpoint, save_checkpoint, seed_everything
 
