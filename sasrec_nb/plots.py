@@ -369,6 +369,10 @@ def activation_ranges(points: Mapping[str, Mapping], title: str = "activation ra
     return fig
 
 
+#: the range rules' colours: far apart in hue (black, green, purple), none the histogram's blue
+RULE_COLORS = ["black", PALETTE[2], PALETTE[4]]
+
+
 def range_rules(choice: Mapping, method: str, title: str):
     """Where each range rule ends a fixed grid on the heaviest-tailed activation (left: |x| histogram, log axes, with
     c and the 8-bit step of each rule), and what each rule gives ``method`` on validation (right: % of FP32)."""
@@ -381,11 +385,11 @@ def range_rules(choice: Mapping, method: str, title: str):
     rules = list(choice["range_c"])
     for k, rule in enumerate(rules):
         c = choice["range_c"][rule][tail["point"]]
-        a.axvline(c, color=PALETTE[k + 1], lw=2, label=f"{rule}: c = {c:.3g}, step {c / 127:.2g}")
+        a.axvline(c, color=RULE_COLORS[k], lw=2, label=f"{rule}: c = {c:.3g}, step {c / 127:.2g}")
     a.legend(fontsize=8, loc="lower left")
     scores = choice["valid_ndcg@10"][method]
     pct = [100 * scores[r] / choice["fp32_valid_ndcg@10"] for r in rules]
-    bars = b.bar(rules, pct, color=[PALETTE[k + 1] for k in range(len(rules))])
+    bars = b.bar(rules, pct, color=RULE_COLORS[: len(rules)])
     b.bar_label(bars, labels=[f"{p:.1f} %" for p in pct])
     b.axhline(100, color="k", lw=0.8, ls=":")
     b.set(ylim=(min(pct) - 3, max(max(pct), 100) + 1.5), ylabel="validation NDCG@10, % of FP32",

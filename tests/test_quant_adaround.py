@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from sasrec_nb.model import SASRec
-from sasrec_nb.quant import QuantLinear, adaround, calibrate_activations, make_quantizer, quantize_model, quantizers
+from sasrec_nb.quant import (QuantLinear, adaround, calibrate_activations, make_quantizer, quantize_model, quantizers,
+                             ranges)
 
 ATOL = 1e-5
 W_OVER_S = [0.3, 1.75, -0.6, 2.0, -1.49]
@@ -140,7 +141,7 @@ def test_only_the_initialised_weight_can_be_rounded():
 
 
 def test_activation_quantizer_is_fixed_abs_max():
-    q = make_quantizer("adaround", "act", 8, signed=True)
+    q = make_quantizer("adaround", "act", 8, signed=True, act_range_rule="absmax")
     q.start_calibration()
     q(torch.tensor([-2.54, 0.3, 1.0]))
     q(torch.randn(1 << 17).clamp(-2, 2))  # a large batch: the maximum of the first one must survive
@@ -202,7 +203,9 @@ def test_activation_grids_come_from_fp_activations(calibrated):
     model, seqs, qmodel, _ = calibrated
     with torch.no_grad():
         hidden = model(seqs)
-    assert qmodel.head_input.scale.item() * 127 == pytest.approx(hidden.abs().max().item(), rel=1e-5)
+    rule = qmodel.head_input.range_rule  # the default, ranges.DEFAULT["adaround"], on the real positions
+    expected = ranges.clip_value(hidden[seqs != 0], rule, -127, 127)
+    assert qmodel.head_input.scale.item() * 127 == pytest.approx(expected.item(), rel=1e-5)
     assert not any(q.step.requires_grad for q in quantizers(qmodel, "act").values())
 
 

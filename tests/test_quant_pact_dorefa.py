@@ -236,7 +236,7 @@ def test_dorefa_activation_reference_case():
 
 def test_dorefa_activation_range_from_calibration_and_signed_variant():
     x = torch.tensor([-2.0, -0.5, 0.1, 0.9, 4.0])
-    q = make_quantizer("dorefa", "act", 3, signed=True)  # 3 steps per side on [−4, 4]
+    q = make_quantizer("dorefa", "act", 3, signed=True, act_range_rule="absmax")  # 3 steps per side on [−4, 4]
     q.start_calibration()
     q(x)
     q.finish_calibration()

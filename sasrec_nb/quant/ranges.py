@@ -21,7 +21,7 @@ RULES = ("absmax", "percentile", "mse")
 PERCENTILE = 99.99
 CANDIDATES = 100
 #: each fixed-grid method's rule when none is given, chosen on the validation split (scripts/choose_range_rule.py)
-DEFAULT = {"dorefa": "absmax", "adaround": "absmax"}
+DEFAULT = {"dorefa": "percentile", "adaround": "percentile"}
 #: a larger sample is subsampled for the percentile (torch.quantile's limit, and speed); the max is kept
 SAMPLE = 1 << 20
 
