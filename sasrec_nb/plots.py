@@ -296,16 +296,21 @@ METHOD_STYLE = {"ste": (PALETTE[0], "o"), "lsq": (PALETTE[2], "s"), "pact": (PAL
                 "rtn_absmax": (PALETTE[3], "x"), "rtn_mse": (PALETTE[5], "P")}
 
 
+def _method_style(method: str, k: int) -> tuple:
+    """(colour, marker) of ``method``; a method without a style of its own takes the k-th palette colour."""
+    return METHOD_STYLE.get(method, (PALETTE[k % len(PALETTE)], "o"))
+
+
 def quality_vs_bits(results: pd.DataFrame, title: str = "quality against weight bit width"):
     """Left: full-ranking NDCG@10 as % of each run's FP32 start against the weight bit width, with the paired 95 %
     interval as an error bar (methods side by side at each width); right: sampled-100 NDCG@10, FP32 dashed."""
     fig, (left, right) = _fig(10, 3.8, 2)
     runs = results[results["method"] != "fp32"]
-    methods = list(dict.fromkeys(runs["method"]))
+    n_methods = runs["method"].nunique()
     for k, (method, rows) in enumerate(runs.groupby("method", sort=False)):
         rows = rows.sort_values("weight_bits")
-        color, marker = METHOD_STYLE.get(method, (PALETTE[k % len(PALETTE)], "o"))
-        x = np.log2(rows["weight_bits"].to_numpy()) + 0.07 * (k - (len(methods) - 1) / 2)
+        color, marker = _method_style(method, k)
+        x = np.log2(rows["weight_bits"].to_numpy()) + 0.07 * (k - (n_methods - 1) / 2)
         pct = rows["% of FP32"].to_numpy()
         scale = 100 / rows["FP32 start"].to_numpy()
         err = np.stack([(rows["Δ NDCG@10"] - rows["CI low"]) * scale, (rows["CI high"] - rows["Δ NDCG@10"]) * scale])
@@ -331,7 +336,7 @@ def quality_vs_size(summary: pd.DataFrame, title: str = "quality against model s
     fig, ax = _fig(10, 4.2)
     flat = summary.reset_index()
     for k, (method, rows) in enumerate(flat.groupby("method", sort=False)):
-        color, marker = METHOD_STYLE.get(method, (PALETTE[k % len(PALETTE)], "o"))
+        color, marker = _method_style(method, k)
         err = np.stack([rows["% of FP32"] - rows["min %"], rows["max %"] - rows["% of FP32"]])
         ax.errorbar(rows["model MB"], rows["% of FP32"], yerr=err, color=color, marker=marker, ls="none", ms=6,
                     capsize=2, label=method)
