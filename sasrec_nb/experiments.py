@@ -77,12 +77,18 @@ def resolve_bits(profile: Profile, method: str, weight_bits: int | None, act_bit
 
 def start_of(fp32: nn.Module, method: str) -> dict:
     """What a quantized run starts from, kept in its checkpoint and checked when it is loaded: a digest of the FP32
-    weights and, for a method whose activation grids stay fixed, the range rule that sets them (``ranges.DEFAULT``)."""
+    weights and, for a method whose activation grids stay fixed, the range rule that sets them (``ranges.DEFAULT``);
+    for AdaRound also the grids of its residual branches (per dimension or per tensor)."""
+    from .quant import adaround
+
     digest = hashlib.sha256()
     for name, tensor in fp32.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return {"fp32": digest.hexdigest()[:16], "act_range_rule": ranges.DEFAULT.get(method)}
+    start = {"fp32": digest.hexdigest()[:16], "act_range_rule": ranges.DEFAULT.get(method)}
+    if method == "adaround":
+        start["residual_grid"] = adaround.RESIDUAL_GRID
+    return start
 
 
 def cached_checkpoint(path: Path, profile: Profile, method: str, force: bool,
@@ -213,11 +219,12 @@ def adaround_model(profile: Profile, weight_bits: int | None = None, act_bits: i
     start = start_of(fp32, "adaround")
     ckpt = cached_checkpoint(path, profile, "adaround", force, start)
     if ckpt is not None:
-        qmodel = adaround.from_state(fp32, ckpt["state_dict"], wb, ab, profile.embed_bits)
+        qmodel = adaround.from_state(fp32, ckpt["state_dict"], wb, ab, profile.embed_bits,
+                                     residual_grid=start["residual_grid"])
         return qmodel.eval(), ckpt["meta"].get("report", {})
     qmodel, report = adaround.calibrate(fp32, calib, weight_bits=wb, act_bits=ab, embed_bits=profile.embed_bits,
                                         iters=profile.adaround_iters, lr=profile.adaround_lr,
                                         seed=profile.seed if seed is None else seed,
-                                        progress=profile.progress)
+                                        residual_grid=start["residual_grid"], progress=profile.progress)
     save_checkpoint(path, qmodel, {"profile": profile.to_dict(), "report": report, "start": start})
     return qmodel.eval(), report

@@ -403,6 +403,24 @@ def range_rules(choice: Mapping, method: str, title: str):
     return fig
 
 
+def dimension_steps(dim_max: Mapping[str, Sequence[float]], point: str, bits: int = 8):
+    """The step a fixed abs-max grid of ``bits`` gets at an activation point, one panel per model (``{label: max|x|
+    of each embedding dimension}``, one log axis for all): one step for the whole tensor (dashed) against one per
+    dimension (bars)."""
+    q_max = 2 ** (bits - 1) - 1
+    fig, axes = plt.subplots(1, len(dim_max), figsize=(10, 3.6), layout="constrained", sharey=True, squeeze=False)
+    for ax, (label, values) in zip(axes[0], dim_max.items()):
+        steps = np.asarray(values, dtype=float) / q_max
+        ax.bar(np.arange(len(steps)), steps, width=1.0, color=PALETTE[0], label="a grid per dimension")
+        ax.axhline(steps.max(), color=PALETTE[3], ls="--", lw=2, label="one grid per tensor")
+        ax.set(yscale="log", xlabel="embedding dimension", xlim=(-1, len(steps)),
+               title=f"{label}\nper tensor: step {steps.max():.2g}; median dimension: {np.median(steps):.2g}")
+    axes[0, 0].set_ylabel(f"{bits}-bit step = max|x| / {q_max}")
+    axes[0, 0].legend(fontsize=8, loc="lower left", framealpha=0.9)
+    fig.suptitle(f"{point}: the step of a fixed abs-max grid")
+    return fig
+
+
 def time_per_part(parts: Mapping[str, Mapping[str, float]], title: str):
     """Stacked bars: where each path's time goes (``{path: {part: ms}}``, e.g. from ``int8.bench.time_parts``)."""
     paths = list(parts)

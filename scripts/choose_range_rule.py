@@ -6,10 +6,12 @@ DoReFa (adapted here, notebook 06) and AdaRound (notebook 08) keep every activat
 it. For each method and rule (:mod:`sasrec_nb.quant.ranges`) this builds the W8A8 model from the profile's FP32
 checkpoint as the method does before any training (DoReFa: quantize and calibrate, the grid its QAT keeps;
 AdaRound: its whole post-training procedure) and scores it on the **validation** users, full ranking: the test
-split is never looked at. The JSON holds every score, the rule with the best validation NDCG@10 per method, each
-activation point's range c under each rule (from the DoReFa models), and for the point with the heaviest tail
-(largest abs-max over 99.99th percentile) a histogram of |x| at real positions, for the notebooks' picture; also the
-machine and the command. ``sasrec_nb.quant.ranges.DEFAULT`` records the choice.
+split is never looked at. AdaRound's residual branches have one grid per embedding dimension
+(``adaround.RESIDUAL_GRID``); with the chosen rule the script also scores them per tensor. The JSON holds every
+score, the rule with the best validation NDCG@10 per method, each activation point's range c under each rule (from
+the DoReFa models), and for the point with the heaviest tail (largest abs-max over 99.99th percentile) a histogram
+of |x| at real positions, for the notebooks' picture; also the machine and the command.
+``sasrec_nb.quant.ranges.DEFAULT`` records the choice.
 """
 from __future__ import annotations
 
@@ -34,11 +36,11 @@ from sasrec_nb.training import evaluate  # noqa: E402
 METHODS = ("dorefa", "adaround")
 
 
-def build(method: str, rule: str, fp32, calib, profile):
+def build(method: str, rule: str, fp32, calib, profile, residual_grid: str = adaround.RESIDUAL_GRID):
     if method == "adaround":
         model, _ = adaround.calibrate(fp32, calib, weight_bits=8, act_bits=8, embed_bits=profile.embed_bits,
                                       iters=profile.adaround_iters, lr=profile.adaround_lr, seed=profile.seed,
-                                      act_range_rule=rule)
+                                      act_range_rule=rule, residual_grid=residual_grid)
         return model
     model = quantize_model(fp32, method, 8, 8, profile.embed_bits, act_range_rule=rule)
     calibrate_activations(model, calib.split(256))
@@ -84,13 +86,23 @@ def main() -> int:
             scores[method][rule] = ndcg
             print(f"{method:9s} {rule:10s} valid NDCG@10 {ndcg:.4f} ({100 * ndcg / fp32_valid:.1f} % of FP32)"
                   f"  {time.perf_counter() - started:.0f} s", flush=True)
+    chosen = {m: max(s, key=s.get) for m, s in scores.items()}
+    residual = {adaround.RESIDUAL_GRID: scores["adaround"][chosen["adaround"]]}
+    for grid in adaround.RESIDUAL_GRIDS:
+        if grid not in residual:
+            model = build("adaround", chosen["adaround"], fp32, calib, profile, residual_grid=grid)
+            residual[grid] = evaluate(model, split.valid, profile.eval_batch_size)["full"]["ndcg@10"]
+            print(f"adaround  {chosen['adaround']:10s} residual branches per {grid}: valid NDCG@10 "
+                  f"{residual[grid]:.4f} ({100 * residual[grid] / fp32_valid:.1f} % of FP32)", flush=True)
     heaviest = max(clip["absmax"], key=lambda n: clip["absmax"][n] / clip["percentile"][n])
     out = {
         "what": "validation NDCG@10 (full ranking) of W8A8 models whose activation grids are fixed by each range "
                 "rule, before any training (DoReFa: quantize + calibrate; AdaRound: its post-training procedure)",
         "profile": profile.name, "dataset": dataset_label(profile.dataset), "n_users": len(split.valid),
         "fp32_valid_ndcg@10": fp32_valid, "valid_ndcg@10": scores,
-        "chosen": {m: max(s, key=s.get) for m, s in scores.items()},
+        "chosen": chosen,
+        "adaround_residual_grid": {"rule": chosen["adaround"], "default": adaround.RESIDUAL_GRID,
+                                   "valid_ndcg@10": residual},
         "range_c": clip,
         "heaviest_tail": tail_histogram(absmax_model, heaviest, calib[:256]),
         "machine": machine_info(torch.get_num_threads()),

@@ -7,10 +7,12 @@ rule (abs-max, percentile or MSE: ``sasrec_nb.quant.ranges``). The other four me
 and then learn the range. This probe measures, on the profile's FP32 checkpoint:
 
 * per quantization point: the 99th and 99.9th percentile and the max of |x| over the real positions of the
-  calibration sequences (calibration, too, sees real positions only), and the 8-bit step of an abs-max grid;
+  calibration sequences (calibration, too, sees real positions only), and the 8-bit step of an abs-max grid; at the
+  residual branches (attn_out, ffn_out) also the max of each embedding dimension (``dim_max``: outlier dimensions);
 * test metrics (both protocols) of the FP32 model with only its activations on fixed 8-bit grids (weights FP32)
-  set by each rule, with the heaviest-tailed point (largest max / 99th percentile) left in FP32 under abs-max, and
-  with only its weights at 8 bits (per-row abs-max, round to nearest: where STE starts).
+  set by each rule, with the heaviest-tailed point (largest max / 99th percentile) left in FP32 under abs-max, with
+  the residual branches on a grid per dimension (percentile, as AdaRound's default), and with only its weights at
+  8 bits (per-row abs-max, round to nearest: where STE starts).
 """
 from __future__ import annotations
 
@@ -30,15 +32,17 @@ from sasrec_nb.experiments import dataset_label, starting_point  # noqa: E402
 from sasrec_nb.trace import abs_range  # noqa: E402
 from sasrec_nb.machine import machine_info  # noqa: E402
 from sasrec_nb.quant import calibrate_activations, capture_inputs, quantize_model, quantizers  # noqa: E402
+from sasrec_nb.quant.apply import RESIDUAL_POINTS  # noqa: E402
 from sasrec_nb.training import evaluate  # noqa: E402
 
 BITS = 8
 
 
-def act_only(fp32: torch.nn.Module, calib: torch.Tensor, rule: str = "absmax",
-             keep_fp32: str | None = None) -> torch.nn.Module:
-    """The FP32 model with fixed activation grids set by ``rule`` (AdaRound's fixed grids), weights FP32."""
-    model = quantize_model(fp32, "adaround", BITS, BITS, BITS, act_range_rule=rule)
+def act_only(fp32: torch.nn.Module, calib: torch.Tensor, rule: str = "absmax", keep_fp32: str | None = None,
+             channel_points: tuple[str, ...] = ()) -> torch.nn.Module:
+    """The FP32 model with fixed activation grids set by ``rule`` (AdaRound's fixed grids; per embedding dimension at
+    ``channel_points``), weights FP32."""
+    model = quantize_model(fp32, "adaround", BITS, BITS, BITS, act_range_rule=rule, channel_points=channel_points)
     for q in quantizers(model, "weight").values():
         q.enabled = False
     calibrate_activations(model, calib.split(256))
@@ -81,6 +85,8 @@ def main(argv: list[str]) -> int:
     for n in acts:
         points[n] = abs_range(torch.cat(inputs[n]), sample=2_000_000)
         points[n]["step_at_8_bits"] = points[n]["max"] / acts[n].qrange[1]
+        if n.endswith(RESIDUAL_POINTS):
+            points[n]["dim_max"] = torch.cat(inputs[n]).abs().amax(0).tolist()
     heaviest = max(points, key=lambda n: points[n]["max"] / points[n]["p99"])
     print(f"heaviest tail: {heaviest} ({points[heaviest]})", flush=True)
 
@@ -91,6 +97,8 @@ def main(argv: list[str]) -> int:
         f"{fixed}, percentile": act_only(fp32, calib, "percentile"),
         f"{fixed}, mse": act_only(fp32, calib, "mse"),
         f"{fixed}, abs-max, {heaviest} in FP32": act_only(fp32, calib, keep_fp32=heaviest),
+        f"{fixed}, percentile, residual branches per dimension": act_only(fp32, calib, "percentile",
+                                                                          channel_points=RESIDUAL_POINTS),
         f"weights only, per-row abs-max W{BITS}A32": weights_only(fp32, calib),
     }
     test = {}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sasrec_nb import config, experiments, grid, report, train, training
-from sasrec_nb.quant import ranges
+from sasrec_nb.quant import adaround, ranges
 from sasrec_nb.data import dataset_slug, synthetic
 
 
@@ -241,6 +241,10 @@ def test_a_quantized_run_from_another_fp32_model_or_range_rule_is_refused_not_re
         experiments.adaround_model(profile, 8, 8)
     experiments.adaround_model(profile, 8, 8, force=True)
     experiments.adaround_model(profile, 8, 8)  # retrained from the new start: loaded again
+    monkeypatch.setattr(adaround, "RESIDUAL_GRID", "tensor")  # AdaRound's residual branches per tensor instead
+    with pytest.raises(ValueError, match=r"adaround_w8a8\.pt was trained from another starting point(.|\n)*"
+                                         r"'residual_grid': 'channel'(.|\n)*'residual_grid': 'tensor'"):
+        experiments.adaround_model(profile, 8, 8)
 
 
 def test_qat_model_refuses_adaround_and_bad_bits_before_any_work(home, monkeypatch):

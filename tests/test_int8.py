@@ -12,10 +12,15 @@ from sasrec_nb.int8 import (BACKENDS, export_onnx, fp32_scorer, onnx_integer_mat
 from sasrec_nb.int8 import check
 from sasrec_nb.int8.bench import random_seqs
 from sasrec_nb.int8 import torch_backend
+from sasrec_nb.int8.state import Grid, model_state
 from sasrec_nb.model import RESIDUALS, SASRec
 from sasrec_nb.quant import calibrate_activations, quantize_model
+from sasrec_nb.quant.apply import RESIDUAL_POINTS
 
 UNIFORM = ("ste", "lsq", "pact", "dorefa", "adaround")
+#: the twins converted to integers: every uniform method, and AdaRound with its residual branches per dimension
+TWINS = {**{m: (m, {}) for m in UNIFORM},
+         "adaround-residual-per-dim": ("adaround", {"channel_points": RESIDUAL_POINTS})}
 NUM_ITEMS, DIM, HEADS, BLOCKS, MAX_LEN = 300, 32, 2, 2, 20
 
 
@@ -45,9 +50,10 @@ def seqs() -> torch.Tensor:
     return random_seqs(NUM_ITEMS, 300, MAX_LEN, seed=100)
 
 
-@pytest.fixture(scope="module", params=UNIFORM)
+@pytest.fixture(scope="module", params=list(TWINS))
 def twin(request, fp32) -> SASRec:
-    return quantized(fp32, request.param)
+    method, options = TWINS[request.param]
+    return quantized(fp32, method, **options)
 
 
 def top10_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -102,7 +108,6 @@ def test_offset_grid_tables_are_looked_up_exactly_as_the_twin(fp32, backend):
         from onnx import TensorProto, helper
 
         from sasrec_nb.int8.onnx_graph import OPSET, SASRecGraph
-        from sasrec_nb.int8.state import model_state
 
         g = SASRecGraph(model_state(twin))
         out = g.lookup("ids", "item_emb")
@@ -120,7 +125,6 @@ def test_offset_grid_tables_are_looked_up_exactly_as_the_twin(fp32, backend):
 def test_integer_linear_is_exact_at_the_extremes_of_the_codes(split, monkeypatch):
     """u = 255 against q = −128 (and every other extreme pair) gives the exact int32 sum, whether the CPU's kernel
     sums pairs in int32 (VNNI) or the weights are split q = 2a + b to keep int16 pair sums from saturating."""
-    from sasrec_nb.int8.state import Grid
     from sasrec_nb.int8.torch_backend import Int8Linear
 
     if not split and torch_backend.pair_sums_saturate():
@@ -139,7 +143,6 @@ def test_integer_linear_is_exact_at_the_extremes_of_the_codes(split, monkeypatch
 
 def test_the_saturation_probe_tells_the_truth():
     """pair_sums_saturate() is True exactly when one u8 × s8 GEMM of extreme codes misses the exact sum."""
-    from sasrec_nb.int8.state import Grid
 
     torch_backend.pair_sums_saturate.cache_clear()
     u = torch.full((4, 256), 255, dtype=torch.uint8)
@@ -205,6 +208,16 @@ def test_refuses_what_int8_kernels_cannot_run(fp32, method, bits, message):
         to_int8(qmodel)
 
 
+def test_a_residual_grid_per_dimension_is_stored_per_dimension_and_only_there(fp32):
+    """[s_1 … s_d, lo, hi] at attn_out / ffn_out; the head's input feeds an integer GEMM and must stay per tensor."""
+    t = model_state(quantized(fp32, "adaround", channel_points=RESIDUAL_POINTS))["tensors"]
+    grid = Grid.of(t["blocks.0.ffn_out.grid"])
+    assert grid.per_channel and grid.scale.shape == (DIM,) and (grid.lo, grid.hi) == (-128, 127)
+    assert torch.equal(Grid.of(grid.tensor()).scale, grid.scale) and not Grid.of(t["embed_out.grid"]).per_channel
+    with pytest.raises(ValueError, match="one activation scale per tensor"):
+        model_state(quantized(fp32, "adaround", channel_points=("head_input",)))
+
+
 def test_refuses_an_uncalibrated_model(fp32):
     with pytest.raises(ValueError, match="calibrate"):
         to_int8(quantize_model(fp32, "lsq"))
@@ -220,7 +233,6 @@ def test_top_k_agreement_is_taken_in_eval_mode():
 
 def test_integer_kernels_round_like_the_fake_quant_model():
     """Half-steps (x/s = k + ½ up to float error) round as torch.round(x / s) does in the fake-quant twin."""
-    from sasrec_nb.int8.state import Grid
     from sasrec_nb.int8.torch_backend import QDQ, Int8Linear
 
     s, grid = 0.1, Grid(scale=0.1, lo=-128, hi=127)
@@ -235,7 +247,6 @@ def test_integer_kernels_round_like_the_fake_quant_model():
 def test_recommend_in_item_chunks_gives_the_top_10_of_the_full_scores(fp32, seqs, chunk):
     """FP32 and INT8 alike: the top-10 taken chunk by chunk (never the B × N score matrix) are the full top-10."""
     twin = quantized(fp32, "lsq")
-    from sasrec_nb.int8.state import Grid, model_state
     from sasrec_nb.int8.torch_backend import Int8Head
 
     int8 = to_int8(twin, "torch")
@@ -249,7 +260,6 @@ def test_recommend_in_item_chunks_gives_the_top_10_of_the_full_scores(fp32, seqs
 
 
 def test_int8_head_packs_the_table_in_chunks(fp32, seqs):
-    from sasrec_nb.int8.state import Grid, model_state
     from sasrec_nb.int8.torch_backend import Int8Head
 
     t = model_state(quantized(fp32, "lsq"))["tensors"]

@@ -61,6 +61,12 @@ def test_range_setting_and_clip_figures():
     fig = plots.range_rules(choice, "dorefa", "t")
     assert fig.get_figwidth() == 10 and len(fig.axes) == 2
     assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["absmax", "percentile", "mse"]
+    dims = {"full": [1.0, 2.0, 66.0, 1.5], "quick": [2.0, 3.0, 2.5, 2.0]}  # one outlier dimension in "full"
+    fig = plots.dimension_steps(dims, "blocks.1.ffn_out")
+    assert [ax.get_title().split("\n")[0] for ax in fig.axes] == ["full", "quick"]
+    ax = fig.axes[0]
+    assert len(ax.patches) == 4 and ax.get_yscale() == "log" and ax.get_legend() is not None
+    assert ax.lines[0].get_ydata()[0] == pytest.approx(66 / 127)
     stats = [{"p99": 1.0, "p999": 2.0, "max": 3.0, "clipped": 0.0},
              {"p99": 1.0, "p999": 2.0, "max": 3.0, "clipped": 0.01}]
     history = {"quantizer_scales": {"blocks.0.ffn.fc2.input_quantizer": [3.0, 2.5]},

@@ -33,6 +33,8 @@ def test_act_only_quantizes_activations_on_fixed_grids_by_rule():
         ruled = quantizers(probe.act_only(model, seqs, rule), "act")
         assert all(r.range_rule == rule and r.scale.item() <= a.scale.item() * (1 + 1e-6)
                    for r, a in zip(ruled.values(), acts.values()))  # never beyond the abs-max grid
+    per_dim = quantizers(probe.act_only(model, seqs, "percentile", channel_points=("ffn_out",)), "act")
+    assert per_dim["blocks.0.ffn_out"].scale.shape == (16,) and per_dim["blocks.0.attn_out"].scale.dim() == 0
     name = next(iter(acts))
     kept = quantizers(probe.act_only(model, seqs, keep_fp32=name), "act")
     assert not kept[name].enabled and sum(a.enabled for a in kept.values()) == len(acts) - 1

@@ -209,6 +209,48 @@ def test_activation_grids_come_from_fp_activations(calibrated):
     assert not any(q.step.requires_grad for q in quantizers(qmodel, "act").values())
 
 
+def test_residual_branches_get_a_grid_per_dimension_from_fp_activations(calibrated):
+    """attn_out and ffn_out: one step per embedding dimension, each its own dimension's range at real positions
+    (the outlier-dimension remedy); the embedding sum and the head's input keep one grid each."""
+    model, seqs, qmodel, _ = calibrated
+    block, seen = model.blocks[0], {}
+    hooks = [getattr(block, p).register_forward_hook(lambda _m, _a, out, p=p: seen.setdefault(p, out))
+             for p in ("attn_out", "ffn_out")]
+    with torch.no_grad():
+        model(seqs)
+    for h in hooks:
+        h.remove()
+    for point, x in seen.items():
+        q = getattr(qmodel.blocks[0], point)
+        assert q.scale.shape == (16,), point
+        expected = ranges.clip_values(x[seqs != 0], q.range_rule, *q.qrange, axis=-1)
+        assert torch.allclose(q.scale * 127, expected, rtol=1e-5), point
+        assert len(set(q.scale.tolist())) > 1, point  # really one grid per dimension
+    assert qmodel.embed_out.scale.dim() == 0 and qmodel.head_input.scale.dim() == 0
+    assert qmodel.quant_config["channel_points"] == ("attn_out", "ffn_out")
+
+
+def test_residual_grid_per_tensor_and_bad_values():
+    model, seqs = tiny()
+    qmodel, report = adaround.calibrate(model, seqs[:16], iters=2, residual_grid="tensor")
+    assert qmodel.blocks[0].ffn_out.scale.dim() == 0 and report["config"]["residual_grid"] == "tensor"
+    with pytest.raises(ValueError, match="residual_grid must be one of channel, tensor, got 'row'"):
+        adaround.calibrate(model, seqs[:16], iters=2, residual_grid="row")
+    with pytest.raises(ValueError, match="'lsq' has only per-tensor activation grids"):
+        quantize_model(model, "lsq", channel_points=("ffn_out",))
+    with pytest.raises(ValueError, match=r"channel_points \['fc1'\] are not activation points"):
+        quantize_model(model, "adaround", channel_points=("fc1",))
+
+
+def test_from_state_rebuilds_the_per_dimension_grids(calibrated):
+    model, seqs, qmodel, _ = calibrated
+    again = adaround.from_state(model, qmodel.state_dict(), 4, 8, 8).eval()
+    with torch.no_grad():
+        assert torch.equal(qmodel.eval().scores(seqs), again.scores(seqs))
+    with pytest.raises(ValueError, match="does not fit the model"):
+        adaround.from_state(model, qmodel.state_dict(), 4, 8, 8, residual_grid="tensor")
+
+
 def test_calibrate_keeps_the_grid_and_freezes_rounding(calibrated):
     model, _, qmodel, _ = calibrated
     fresh = quantize_model(model, "adaround", weight_bits=4, act_bits=8, embed_bits=8)

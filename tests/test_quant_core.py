@@ -225,6 +225,20 @@ def test_calibration_initialises_every_activation_point_with_the_true_max_of_rea
         assert q.scale.item() == pytest.approx(real[name].abs().max().item() / q.qrange[1], rel=1e-6), name
 
 
+def test_a_grid_per_dimension_sees_every_calibration_batch_at_real_positions():
+    """AdaRound's residual branches: each dimension's abs-max over all batches (not the last one), padding left out."""
+    torch.manual_seed(0)
+    model = SASRec(30, 16, 2, 1, 8).eval()
+    batches = [padded_batch(), padded_batch()[:2]]
+    qmodel = quantize_model(model, "adaround", 8, 8, channel_points=("ffn_out",), act_range_rule="absmax",
+                            calibration=batches)
+    seen = [captured_at_real_positions(qmodel, b)[0]["blocks.0.ffn_out"] for b in batches]
+    expected = torch.cat(seen).abs().amax(0)
+    q = qmodel.blocks[0].ffn_out
+    assert q.scale.shape == (16,) and torch.allclose(q.scale * 127, expected, rtol=1e-6)
+    assert not torch.allclose(seen[-1].abs().amax(0), expected)  # the last batch alone would give other grids
+
+
 def test_padding_positions_do_not_shape_a_grid():
     """LSQ's mean-based step, from real positions only; with the padding rows counted it would differ."""
     torch.manual_seed(0)

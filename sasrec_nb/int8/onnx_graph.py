@@ -66,10 +66,14 @@ class SASRecGraph:
     def qdq(self, x: str, key: str) -> str:
         """x̂ = s·clamp(round(x/s), lo, hi) as QuantizeLinear → DequantizeLinear (uint8, zp 0 or 128)."""
         g = Grid.of(self.t[key])
-        s, zp = self.const(g.scale, name=f"{key}.scale"), self.const(g.zero_point, np.uint8, f"{key}.zero_point")
+        scale = g.scale.numpy() if g.per_channel else g.scale  # per channel: along the last axis (embedding dim)
+        s = self.const(scale, name=f"{key}.scale")
+        zp = self.const(np.full(np.shape(scale), g.zero_point), np.uint8, f"{key}.zero_point")
+        axis = {"axis": -1} if g.per_channel else {}
         if g.lo + g.zero_point > 0 or g.hi + g.zero_point < 255:  # a ±127 grid inside uint8's range
-            x = self.op("Clip", x, self.const(g.lo * g.scale), self.const(g.hi * g.scale))
-        return self.op("DequantizeLinear", self.op("QuantizeLinear", x, s, zp), s, zp)
+            lo, hi = self.const(np.multiply(g.lo, scale)), self.const(np.multiply(g.hi, scale))
+            x = self.op("Min", self.op("Max", x, lo), hi) if g.per_channel else self.op("Clip", x, lo, hi)
+        return self.op("DequantizeLinear", self.op("QuantizeLinear", x, s, zp, **axis), s, zp, **axis)
 
     def point(self, x: str, name: str) -> str:
         key = f"{name}.grid"

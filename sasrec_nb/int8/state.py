@@ -7,7 +7,8 @@ Every back end is built from this one flat ``dict`` of tensors, named like the m
     <linear>.weight_offset    per output channel [out]           only for offset grids (DoReFa)
     <linear>.bias             FP32
     <linear>.input_grid       [scale, q_min, q_max] of the learned input quantizer (per tensor)
-    <point>.grid              the same for embed_out, blocks.i.attn_out / ffn_out, head_input
+    <point>.grid              the same for embed_out, blocks.i.attn_out / ffn_out, head_input; a residual branch
+                              may hold one scale per embedding dimension: [s_1 … s_d, q_min, q_max] (AdaRound)
     item_emb.weight …         int8 per row, with weight_scale (+ weight_offset); pos_emb likewise
     <table>.weight_levels     offset grids only: the unit level table [256] and per-row magnitude
     <table>.weight_magnitude  [rows], so a lookup computes levels[q + 128] · magnitude as the twin does
@@ -37,11 +38,16 @@ APOT_MESSAGE = (
 
 @dataclass(frozen=True)
 class Grid:
-    """A per-tensor activation grid: x̂ = scale · clamp(round(x / scale), lo, hi)."""
+    """An activation grid x̂ = scale · clamp(round(x / scale), lo, hi): per tensor (``scale`` a float) or, at a
+    named point only, per embedding dimension (``scale`` a tensor ``[d]`` along the last axis)."""
 
-    scale: float
+    scale: float | torch.Tensor
     lo: int
     hi: int
+
+    @property
+    def per_channel(self) -> bool:
+        return isinstance(self.scale, torch.Tensor)
 
     @property
     def zero_point(self) -> int:
@@ -49,12 +55,13 @@ class Grid:
         return 128 if self.lo < 0 else 0
 
     def tensor(self) -> torch.Tensor:
-        return torch.tensor([self.scale, self.lo, self.hi], dtype=torch.float64)
+        scale = self.scale.tolist() if self.per_channel else [self.scale]
+        return torch.tensor([*scale, self.lo, self.hi], dtype=torch.float64)
 
     @classmethod
     def of(cls, t: torch.Tensor) -> Grid:
-        scale, lo, hi = t.tolist()
-        return cls(scale, int(lo), int(hi))
+        *scale, lo, hi = t.tolist()
+        return cls(scale[0] if len(scale) == 1 else torch.tensor(scale, dtype=torch.float32), int(lo), int(hi))
 
 
 def _check(q: Quantizer, name: str) -> None:
@@ -67,17 +74,22 @@ def _check(q: Quantizer, name: str) -> None:
         raise ValueError(f"{name} is not initialised or is disabled: calibrate the model first")
 
 
-def act_grid(q: Quantizer, name: str) -> Grid:
-    """The learned step and code range of an activation quantizer, checked to be a uniform grid."""
+def act_grid(q: Quantizer, name: str, per_channel: bool = False) -> Grid:
+    """The learned step and code range of an activation quantizer, checked to be a uniform grid (per tensor, or
+    per embedding dimension where ``per_channel`` allows it: a named point, not the input of an integer GEMM)."""
     _check(q, name)
     ex = q.export(torch.zeros(1, device=q.initialized.device))
     if ex.levels is not None or ex.offset is not None:
         raise ValueError(f"{name}: not a uniform grid; {APOT_MESSAGE}")
+    if q.axis is not None and not (per_channel and q.axis in (-1, 2)):
+        raise ValueError(f"{name}: an integer GEMM takes one activation scale per tensor; this grid has one per "
+                         "channel (only the named points embed_out, attn_out, ffn_out may)")
     lo, hi = q.qrange
-    step = float(ex.scale)
-    if not torch.allclose(q.levels().cpu(), step * torch.arange(lo, hi + 1, dtype=torch.float32), rtol=1e-5):
+    step = ex.scale.float().cpu()
+    if not torch.allclose(q.levels().cpu(), step.unsqueeze(-1) * torch.arange(lo, hi + 1, dtype=torch.float32),
+                          rtol=1e-5):
         raise ValueError(f"{name}: levels are not step × integers; cannot run it on integer kernels")
-    return Grid(step, lo, hi)
+    return Grid(step.clone() if q.axis is not None else float(step), lo, hi)
 
 
 def weight_codes(ex: Exported, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -135,7 +147,7 @@ def model_state(model: nn.Module) -> dict:
             tensors[f"{name}.weight"] = m.weight.detach().float().cpu().clone()
             tensors[f"{name}.bias"] = m.bias.detach().float().cpu().clone()
         elif isinstance(m, Quantizer) and name.split(".")[-1] in ("embed_out", "attn_out", "ffn_out", "head_input"):
-            tensors[f"{name}.grid"] = act_grid(m, name).tensor()
+            tensors[f"{name}.grid"] = act_grid(m, name, per_channel=not name.endswith("head_input")).tensor()
     if "item_emb.weight_scale" in tensors and "head_input.grid" not in tensors:
         raise ValueError("the item table is quantized but head_input is not: the int8 head needs its grid")
     return {"config": dict(model.config, dropout=0.0), "tensors": tensors}

@@ -21,7 +21,13 @@ Choices of this port, stated in notebook 08:
   s = (1 − 0.01k)·max|w|/q_max minimising the L_p error with p = 2.4 (``adaround_grid="mse"``),
   or the abs-max grid (``"max"``);
 * activations: 8-bit quantizers calibrated on FP activations by a named range rule
-  (``act_range_rule``, :mod:`.ranges`) and never trained, so that rounding is the only variable;
+  (``act_range_rule``, :mod:`.ranges`) and never trained, so that rounding is the only variable. The two
+  residual branches of each block (``attn_out``, ``ffn_out``) get one grid per embedding dimension
+  (``residual_grid="channel"``): a trained transformer carries a few outlier dimensions there (on the full
+  profile, the last FFN branch: |x| up to 66 in four of 50 dimensions, 99 % of values below 1.2), and a fixed
+  per-tensor grid must either clip them or round most other values to zero. This is Bondarenko et al.'s (EMNLP 2021,
+  arXiv 2109.12948) per-embedding-group quantization with one group per dimension; the methods that learn their
+  range, or train through a fixed one, keep per-tensor grids;
 * SASRec's item table is a lookup and the scoring head. As a lookup its layer objective is
   Σ(W − W̃)², minimised by round-to-nearest (qat_methods.md §6, pitfall 2), so it is rounded for its
   head role, reconstructing the scores h·Tᵀ of the final hidden states after all blocks; the lookup
@@ -43,9 +49,14 @@ from tqdm.auto import tqdm
 
 from .adaround_quantizer import (CHUNK, EVAL_ROWS, HEAD_ROWS, AdaRoundQuantizer, FixedQuantizer, act_quantizer,
                                  beta_schedule, mse_step, rectified_sigmoid, rounding_regularizer, weight_quantizer)
-from .apply import calibrate_activations, quantize_model, quantizers
+from .apply import RESIDUAL_POINTS, calibrate_activations, quantize_model, quantizers
 from .core import Quantizer, QuantLinear
 from .ranges import DEFAULT
+
+
+#: the residual branches' activation grids: one per embedding dimension, or one per tensor; and the default
+RESIDUAL_GRIDS = ("channel", "tensor")
+RESIDUAL_GRID = "channel"
 
 
 class _Stop(Exception):
@@ -176,7 +187,8 @@ def calibrate(model: nn.Module, seqs: torch.Tensor, weight_bits: int = 4, act_bi
               iters: int = 10_000, batch_size: int = 32, lam: float = 0.01, lr: float = 1e-3, warmup: float = 0.2,
               beta: tuple[float, float] = (20, 2), schedule: str = "cosine", seed: int = 0, progress: bool = False,
               grid: str = "mse", snapshot_layer: str = "blocks.0.ffn.fc1",
-              act_range_rule: str = DEFAULT["adaround"]) -> tuple[nn.Module, dict]:
+              act_range_rule: str = DEFAULT["adaround"],
+              residual_grid: str = RESIDUAL_GRID) -> tuple[nn.Module, dict]:
     """AdaRound PTQ of an FP32 SASRec on unlabeled sequences ``[N, L]``; returns (hard-rounded qmodel, report).
 
     Layers are rounded in forward order (per block q, k, v, out, fc1, fc2; then the item table as the
@@ -185,12 +197,13 @@ def calibrate(model: nn.Module, seqs: torch.Tensor, weight_bits: int = 4, act_bi
     same grid and x̃ (on up to 4096 calibration positions), the soft-vs-hard gap, the fraction rounded
     differently from nearest and the loss curve (recon, reg, β per logged step); ``snapshots`` holds
     h(V) of ``snapshot_layer`` at 0/20/50/100 % of its iterations. The item table's lookup uses the
-    rounding found for the head; the position table is rounded to nearest. Same seed, same result.
+    rounding found for the head; the position table is rounded to nearest. ``residual_grid`` ("channel" or
+    "tensor") sets the grids of the residual branches. Same seed, same result.
     """
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     qmodel = quantize_model(model, "adaround", weight_bits, act_bits, embed_bits, adaround_grid=grid,
-                            act_range_rule=act_range_rule)
+                            act_range_rule=act_range_rule, channel_points=residual_points(residual_grid))
     was_training = qmodel.training
     qmodel.eval()
     requires_grad = {p: p.requires_grad for p in qmodel.parameters()}
@@ -255,18 +268,26 @@ def calibrate(model: nn.Module, seqs: torch.Tensor, weight_bits: int = 4, act_bi
         "snapshots": {"layer": snapshot_layer, "at": [at for at, _ in snapshots], "h": [h for _, h in snapshots]},
         "position_table": "nearest",
         "config": dict(settings, weight_bits=weight_bits, act_bits=act_bits, embed_bits=embed_bits, grid=grid,
-                       seed=seed, sequences=len(seqs)),
+                       act_range_rule=act_range_rule, residual_grid=residual_grid, seed=seed, sequences=len(seqs)),
         "seconds": time.perf_counter() - start,
     }
     return qmodel, report
 
 
+def residual_points(residual_grid: str) -> tuple[str, ...]:
+    """The activation points that get a grid per embedding dimension: the residual branches, or none."""
+    if residual_grid not in RESIDUAL_GRIDS:
+        raise ValueError(f"residual_grid must be one of {', '.join(RESIDUAL_GRIDS)}, got {residual_grid!r}")
+    return RESIDUAL_POINTS if residual_grid == "channel" else ()
+
+
 def from_state(model: nn.Module, state: dict, weight_bits: int, act_bits: int, embed_bits: int,
-               grid: str = "mse") -> nn.Module:
+               grid: str = "mse", residual_grid: str = RESIDUAL_GRID) -> nn.Module:
     """Rebuild a calibrated AdaRound model from its saved state dict (hard rounding, frozen grids)."""
     from ..training import load_into
 
-    qmodel = quantize_model(model, "adaround", weight_bits, act_bits, embed_bits, adaround_grid=grid)
+    qmodel = quantize_model(model, "adaround", weight_bits, act_bits, embed_bits, adaround_grid=grid,
+                            channel_points=residual_points(residual_grid))
     for q in quantizers(qmodel).values():
         q.initialized.fill_(True)
     load_into(qmodel, state, "AdaRound checkpoint")

@@ -142,13 +142,17 @@ class FixedQuantizer(STEQuantizer):
 
     method = "adaround"
 
-    def __init__(self, bits: int, signed: bool = True, range_rule: str = ranges.DEFAULT["adaround"]):
-        super().__init__(bits, signed=signed)
+    def __init__(self, bits: int, signed: bool = True, range_rule: str = ranges.DEFAULT["adaround"],
+                 axis: int | None = None, channels: int | None = None):
+        super().__init__(bits, signed=signed, axis=axis, channels=channels)
         self.range_rule = ranges.check_rule(range_rule)
         self.step.requires_grad_(False)
 
     def init_from(self, x: torch.Tensor) -> None:
-        self.step.data.copy_(ranges.clip_value(x, self.range_rule, *self.qrange) / self.qrange[1])
+        lo, hi = self.qrange
+        c = ranges.clip_value(x, self.range_rule, lo, hi) if self.axis is None else \
+            ranges.clip_values(x, self.range_rule, lo, hi, axis=self.axis)
+        self.step.data.copy_(c / hi)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, range_rule={self.range_rule}"
@@ -159,8 +163,9 @@ def weight_quantizer(bits: int, axis: int | None = None, channels: int | None = 
     return AdaRoundQuantizer(bits, axis=axis, channels=channels, grid=adaround_grid)
 
 
-def act_quantizer(bits: int, signed: bool = True, act_range_rule: str = ranges.DEFAULT["adaround"]) -> FixedQuantizer:
-    return FixedQuantizer(bits, signed=signed, range_rule=act_range_rule)
+def act_quantizer(bits: int, signed: bool = True, axis: int | None = None, channels: int | None = None,
+                  act_range_rule: str = ranges.DEFAULT["adaround"]) -> FixedQuantizer:
+    return FixedQuantizer(bits, signed=signed, range_rule=act_range_rule, axis=axis, channels=channels)
 
 
 def beta_schedule(t: int, iters: int, warmup: float = 0.2, start: float = 20, end: float = 2,

@@ -24,6 +24,8 @@ METHODS = ("ste", "lsq", "pact", "dorefa", "apot", "adaround")
 POST_RELU = ("ffn.fc2",)
 #: the model's activation points (module names ending so)
 ACT_POINTS = ("embed_out", "attn_out", "ffn_out", "head_input")
+#: the residual branches: where a trained transformer keeps a few outlier channels (Bondarenko et al. 2021)
+RESIDUAL_POINTS = ("attn_out", "ffn_out")
 
 
 def method_module(method: str):
@@ -83,6 +85,7 @@ def quantize_model(
     act_bits: int = 8,
     embed_bits: int = 8,
     calibration: Iterable[torch.Tensor] | None = None,
+    channel_points: tuple[str, ...] = (),
     **options,
 ) -> nn.Module:
     """A new model with every Linear, Embedding and named point quantized by ``method``.
@@ -91,13 +94,23 @@ def quantize_model(
     the first and the last layer). ``calibration`` (batches of item-id sequences) initialises the
     activation grids; without it they initialise on the first batch they see. Each weight becomes its
     quantizer's :meth:`~sasrec_nb.quant.core.Quantizer.latent_from` (the weight itself except under DoReFa's
-    transform), so that QAT starts from the trained model up to rounding.
+    transform), so that QAT starts from the trained model up to rounding. Named points listed in
+    ``channel_points`` (e.g. :data:`RESIDUAL_POINTS`) get one grid per embedding dimension instead of one per tensor
+    (Bondarenko et al. 2021's per-embedding-group quantization with a group per dimension), where the method's
+    activation quantizer allows it.
     """
     if any(isinstance(m, Quantizer) for m in model.modules()) or getattr(model, "quant_config", None):
         done = getattr(model, "quant_config", None) or {}
         raise ValueError(f"the model is already quantized ({done.get('method', 'quantizers found')}); quantize the "
                          "FP32 model instead (e.g. snb.fp32_model(profile)[0])")
     check_bits(method, weight_bits, act_bits, embed_bits, **options)
+    unknown = sorted(set(channel_points) - set(ACT_POINTS))
+    if unknown:
+        raise ValueError(f"channel_points {unknown} are not activation points; choose from {', '.join(ACT_POINTS)}")
+    if channel_points and not {"axis", "channels"} <= set(inspect.signature(method_module(method).act_quantizer)
+                                                           .parameters):
+        raise ValueError(f"{method!r} has only per-tensor activation grids; channel_points needs a method whose "
+                         "act_quantizer takes axis and channels (adaround)")
     w_opts, a_opts = _options_for(method, "weight", options), _options_for(method, "act", options)
     module = method_module(method)
     qmodel = copy.deepcopy(model)
@@ -114,11 +127,12 @@ def quantize_model(
                 start_from(sub.weight, wq)
                 setattr(child, attr, QuantEmbedding(sub, wq))
             elif isinstance(sub, nn.Identity) and attr in ACT_POINTS:
-                setattr(child, attr, module.act_quantizer(act_bits, signed=True, **a_opts))
+                per_dim = {"axis": -1, "channels": qmodel.embed_dim} if attr in channel_points else {}
+                setattr(child, attr, module.act_quantizer(act_bits, signed=True, **per_dim, **a_opts))
     if hasattr(qmodel, "head_weight") and isinstance(getattr(qmodel, "item_emb", None), QuantEmbedding):
         qmodel.head_weight = qmodel.item_emb.weight_quantizer
     qmodel.quant_config = dict(method=method, weight_bits=weight_bits, act_bits=act_bits, embed_bits=embed_bits,
-                               options=options)
+                               channel_points=tuple(channel_points), options=options)
     if calibration is not None:
         calibrate_activations(qmodel, calibration)
     return qmodel

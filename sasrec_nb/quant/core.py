@@ -47,8 +47,10 @@ def narrow_range(bits: int, signed: bool) -> tuple[int, int]:
 
 
 def other_dims(x: torch.Tensor, axis: int | None) -> list[int]:
-    """Every dim of x but ``axis`` (all of them when axis is None): what a per-channel statistic reduces."""
-    return [d for d in range(x.dim()) if d != axis]
+    """Every dim of x but ``axis`` (all of them when axis is None; −1 is the last): what a per-channel statistic
+    reduces."""
+    keep = None if axis is None else axis % x.dim()
+    return [d for d in range(x.dim()) if d != keep]
 
 
 def reduce_except(x: torch.Tensor, axis: int | None, fn: str = "amax") -> torch.Tensor:
@@ -205,7 +207,7 @@ class Quantizer(nn.Module):
         self.calibrating = False
         if self._seen:
             with torch.no_grad():
-                self.init_from(torch.cat(self._seen) if self.axis is None else self._seen[-1])
+                self.init_from(torch.cat(self._seen))  # per tensor: flat samples; per channel: [N, …] rows
             self.initialized.fill_(True)
         self._seen = []
 
