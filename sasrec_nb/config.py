@@ -16,7 +16,12 @@ that FP32 training fits in a notebook's minute (≈ 40 s) instead of the paper's
   at a random point of a trajectory whose test metric jumps by ±0.005 between epochs (the QAT runs
   start from this point). ``results/sweeps/fp32_quick*.json`` hold the trials behind these choices;
 - QAT fine-tunes for 4 epochs on the most recent window of each user (``qat_windows="last"``),
-  which keeps every QAT notebook within its minute.
+  which keeps every QAT notebook within its minute, at a rate of 2e-4 (cosine decay). Both were checked on
+  validation at low bits (``python scripts/sweep_qat_length.py --profile quick ...``,
+  ``results/sweeps/qat_length_quick.json``: LSQ, PACT and STE at W2E2A8 and W4E4A8, 4 or 12 epochs at 5e-5 or
+  2e-4): at 4 epochs 2e-4 beats the earlier 5e-5 in the mean, and 12 epochs beat 4 — the quick FP32 model still gains
+  from more training, so a longer QAT run also trains the model further. The profile keeps 4 epochs for the
+  notebooks' time and takes the better rate.
 
 ``full`` is the paper's ML-1M setting (Kang & McAuley 2018 §IV-B): d = 50, 2 blocks, 1 head, max_len
 200, dropout 0.2, lr 1e-3, batch 128, early stopping on validation NDCG@10. Like the quick profile it
@@ -154,7 +159,7 @@ def changed_settings(saved: dict, profile: Profile, fields: tuple[str, ...]) -> 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(name="quick", dataset="ml-100k", embed_dim=128, num_heads=4, num_blocks=2, max_len=50,
                      dropout=0.2, lr=3e-3, batch_size=64, epochs=12, patience=100, eval_every=2,
-                     lr_schedule="cosine", train_windows="all"),
+                     lr_schedule="cosine", train_windows="all", qat_lr=2e-4),
     "full": Profile(name="full", dataset="ml-1m-sasrec-trunc2", embed_dim=50, num_heads=1, num_blocks=2,
                     max_len=200, dropout=0.2, lr=1e-3, batch_size=128, epochs=200, patience=10, eval_every=2,
                     min_delta=5e-4, train_windows="all", residual="port", qat_epochs=6, qat_lr=1e-4,

@@ -330,6 +330,29 @@ def quality_vs_bits(results: pd.DataFrame, title: str = "quality against weight 
     return fig
 
 
+def against_ptq(table: pd.DataFrame, method: str, title: str = ""):
+    """:func:`report.against_ptq` as a picture: % of FP32 per setting, each post-training row as a marker and
+    ``method`` as a bar with its seed range (min to max)."""
+    fig, ax = _fig(10, 3.6)
+    x = np.arange(len(table))
+    color, marker = _method_style(method, 0)
+    mine = table[f"{method} %"].astype(float)
+    err = np.stack([mine - table["min %"].astype(float), table["max %"].astype(float) - mine])
+    ax.bar(x - 0.15, mine, width=0.4, color=color, alpha=0.35, yerr=err, capsize=4, label=f"{method} (seed range)")
+    ptq = [c[:-2] for c in table.columns if c.endswith(" %") and c not in (f"{method} %", "min %", "max %")]
+    for k, p in enumerate(ptq):  # beside the bar, not on its error bar
+        c, m = _method_style(p, k + 1)
+        ax.scatter(x + 0.12 + 0.1 * k, table[f"{p} %"].astype(float), color=c, marker=m, s=50, zorder=3, label=p)
+    ax.axhline(100, color="k", ls="--", lw=1, label="FP32")
+    values = table[[f"{p} %" for p in ptq] + ["min %", "max %"]].astype(float).to_numpy()
+    low, high = float(np.nanmin(values)), float(np.nanmax(values))
+    ax.set(xticks=x, xticklabels=table.index, ylim=(max(0.0, low - 5), max(104.0, high + 2)),
+           ylabel="full NDCG@10, % of FP32",
+           title=title or f"{method} against post-training quantization on the same grid")
+    ax.legend(fontsize=8, ncol=len(ptq) + 2, loc="lower left")
+    return fig
+
+
 def quality_vs_size(summary: pd.DataFrame, title: str = "quality against model size"):
     """Each (setting, method) of :func:`report.seed_summary` at its packed size: mean % of FP32 with the seeds' range
     as a bar, one colour and marker per method, and the Pareto front (no smaller model keeps more) as a step line."""

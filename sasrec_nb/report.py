@@ -1,6 +1,7 @@
 """Tables: the committed results JSON (``results/<dataset>/<profile>/*.json``) and live paired comparisons."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -61,8 +62,19 @@ def setting(weight_bits: int, embed_bits: int, act_bits: int) -> str:
     return f"W{weight_bits}E{embed_bits}A{act_bits}"
 
 
+def grid_order(name: str) -> tuple[int, int, int]:
+    """Sort key of a setting name (:func:`setting`) in the grid's order: activation bits, then weight and table bits,
+    from high to low (W8E8A8, W4E4A8, …, W2E2A8, W8E8A4, W4E4A4, W8E8A3, …)."""
+    match = re.fullmatch(r"W(\d+)E(\d+)A(\d+)", name)
+    if match is None:
+        raise ValueError(f"not a setting name: {name!r} (expected e.g. W4E4A8)")
+    wb, eb, ab = map(int, match.groups())
+    return -ab, -wb, -eb
+
+
 def seed_summary(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per (setting, method) of a results table (:func:`load_results`): the number of seeds, the mean, min
+    """One row per (setting, method) of a results table (:func:`load_results`), in the grid's order (settings by
+    :func:`grid_order`, then methods by :data:`METHOD_ORDER`): the number of seeds, the mean, min
     and max % of FP32 over them, every seed's paired 95 % interval against FP32, and for QAT the paired difference of
     the worst seed to each post-training row (``vs rtn_absmax`` …: the interval of the seed with the lowest
     difference)."""
@@ -81,13 +93,69 @@ def seed_summary(results: pd.DataFrame) -> pd.DataFrame:
                 row[f"vs {ptq} CI"] = f"[{worst[f'vs {ptq} low']:+.4f}, {worst[f'vs {ptq} high']:+.4f}]"
                 row[f"above {ptq}"] = bool((group[f"vs {ptq} low"] > 0).all())
         rows.append(row)
-    return pd.DataFrame(rows).set_index(["setting", "method"])
+    out = pd.DataFrame(rows)
+    out["order"] = [(grid_order(n), METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER))
+                    for n, m in zip(out["setting"], out["method"])]
+    return out.sort_values("order").drop(columns="order").set_index(["setting", "method"])
 
 
 def separated(summary: pd.DataFrame, setting_name: str, a: str, b: str) -> bool:
     """Whether two methods of one setting may be ranked: their seed ranges (min % … max %) do not overlap."""
     ra, rb = summary.loc[(setting_name, a)], summary.loc[(setting_name, b)]
     return ra["min %"] > rb["max %"] or rb["min %"] > ra["max %"]
+
+
+def against_ptq(summary: pd.DataFrame, method: str) -> pd.DataFrame:
+    """One row per setting of :func:`seed_summary` where ``method`` ran beside a post-training row (grid order): its %
+    of FP32 (mean, seed range, number of seeds) beside each post-training row's % on the same grid, and for a QAT
+    method whether every seed's paired interval lies above each post-training row (``above …``)."""
+    rows = {}
+    for name in sorted(dict.fromkeys(summary.index.get_level_values("setting")), key=grid_order):
+        if (name, method) not in summary.index:
+            continue
+        mine = summary.loc[(name, method)]
+        row = {f"{method} %": mine["% of FP32"], "min %": mine["min %"], "max %": mine["max %"],
+               "seeds": int(mine["seeds"])}
+        for ptq in PTQ_ROWS:
+            if ptq != method and (name, ptq) in summary.index:
+                row[f"{ptq} %"] = summary.loc[(name, ptq), "% of FP32"]
+                if f"above {ptq}" in mine and not pd.isna(mine[f"above {ptq}"]):
+                    row[f"above {ptq}"] = bool(mine[f"above {ptq}"])
+        if any(f"{ptq} %" in row for ptq in PTQ_ROWS if ptq != method):  # a setting with a post-training row
+            rows[name] = row
+    if not rows:
+        raise ValueError(f"no run of {method!r} beside a post-training row in the summary: run "
+                         "python -m sasrec_nb.train --all first")
+    table = pd.DataFrame(rows).T.rename_axis("setting")
+    return table.astype({"seeds": int, **{c: float for c in table if c.endswith(" %")}})
+
+
+def against_ptq_text(table: pd.DataFrame, method: str, low: str) -> str:
+    """Sentences built from :func:`against_ptq`'s table: ``method`` at W8E8A8 (when it ran there) and at the setting
+    ``low``, against the post-training rows of the same grid (the best of them named, every seed's interval read)."""
+    ptq = [p for p in PTQ_ROWS if p != method and f"{p} %" in table]
+
+    def others(row: pd.Series) -> str:
+        return ", ".join(f"{p} {row[f'{p} %']:.1f} %" for p in ptq if not pd.isna(row.get(f"{p} %")))
+
+    text = ""
+    if "W8E8A8" in table.index:
+        eight = table.loc["W8E8A8"]
+        text = (f"At W8E8A8 {method} keeps {eight[f'{method} %']:.1f} % of FP32, the post-training rows "
+                f"{others(eight)}. ")
+    at_low = table.loc[low]
+    best = max((p for p in ptq if not pd.isna(at_low.get(f"{p} %"))), key=lambda p: at_low[f"{p} %"])
+    spread = f" (seeds {at_low['min %']:.1f}–{at_low['max %']:.1f} %)" if at_low["seeds"] > 1 else ""
+    text += (f"At {low} {method} keeps {at_low[f'{method} %']:.1f} % of FP32{spread}, against {others(at_low)}; "
+             f"the best post-training row there is {best}.")
+    verdicts = {p: at_low[f"above {p}"] for p in ptq
+                if f"above {p}" in at_low and not pd.isna(at_low[f"above {p}"])}
+    above = [p for p, v in verdicts.items() if v]
+    if above:
+        text += f" Every seed's paired 95 % interval lies above {', '.join(above)}."
+    elif verdicts:
+        text += " No post-training row is beaten by every seed's paired 95 % interval."
+    return text
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -105,6 +173,23 @@ def markdown_table(df: pd.DataFrame) -> str:
                                            f"{v:.2f}" if c == "model MB" else f"{v:.4f}")
             cells.append(str(v))
         lines.append("| " + " | ".join([run] + cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """:func:`seed_summary` as a Markdown table (the README's grid): per setting and method the seeds, the mean % of
+    FP32 with its range, every seed's paired interval against FP32, the worst seed's paired difference to each
+    post-training row, and the packed size."""
+    ptq = [p for p in PTQ_ROWS if f"vs {p}" in summary]
+    head = ["setting", "method", "seeds", "% of FP32", "seed range", "95% CI vs FP32 (each seed)",
+            *(f"vs {p} (worst seed)" for p in ptq), "model MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (name, method), row in summary.iterrows():
+        spread = f"{row['min %']:.1f}–{row['max %']:.1f}" if row["seeds"] > 1 else ""
+        versus = [f"{row[f'vs {p}']:+.4f} {row[f'vs {p} CI']}" if not pd.isna(row.get(f"vs {p}")) else ""
+                  for p in ptq]
+        lines.append("| " + " | ".join([name, method, str(int(row["seeds"])), f"{row['% of FP32']:.1f}", spread,
+                                         row["intervals"], *versus, f"{row['model MB']:.3f}"]) + " |")
     return "\n".join(lines)
 
 

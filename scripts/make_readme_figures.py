@@ -1,6 +1,7 @@
-"""Draw the README's two figures from the committed results (the same functions the notebooks use).
+"""Draw the README's figures from the committed results (the same functions the notebooks use).
 
-    python scripts/make_readme_figures.py      # writes docs/quality_vs_bits.png and docs/int8_speedup.png
+    python scripts/make_readme_figures.py      # writes docs/quality_vs_bits.png, docs/quality_vs_size_<profile>.png
+                                               # (each profile with a comparison grid) and docs/int8_speedup.png
 """
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ def main() -> int:
         fig = plots.quality_vs_bits(results, title)
         fig.savefig(out / "quality_vs_bits.png", dpi=110)
         print("docs/quality_vs_bits.png")
+    for name in ("full", "quick"):
+        profile = get_profile(name)
+        runs = report.load_results(profile)
+        if not runs.empty and (runs["embed_bits"] < 8).any():  # a comparison grid (python -m sasrec_nb.train --all)
+            title = f"quality against packed model size — {dataset_label(profile.dataset)}, {name} profile grid"
+            fig = plots.quality_vs_size(report.seed_summary(runs), title)
+            fig.savefig(out / f"quality_vs_size_{name}.png", dpi=110)
+            print(f"docs/quality_vs_size_{name}.png")
     bench = ROOT / "results" / "bench" / "int8_speed.json"
     if bench.exists():
         plots.int8_speedup(json.loads(bench.read_text()), "quick").savefig(out / "int8_speedup.png", dpi=110)

@@ -29,8 +29,28 @@ def render() -> str:
         n_users = int(df["n_users"].iloc[0])
         parts.append(f"**{name} profile** — {dataset_label(profile.dataset)}, test split, {n_users:,} users "
                      f"(`results/{Path(str(report.results_dir(profile))).relative_to(ROOT / 'results')}/`):\n")
-        parts.append(report.markdown_table(df) + "\n")
+        if (df["embed_bits"] < 8).any():  # the comparison grid: one line per setting and method, every run below
+            parts += grid_section(df, name)
+        else:
+            parts.append(report.markdown_table(df) + "\n")
     return "\n".join(parts + bench_sections(ROOT / "results" / "bench"))
+
+
+def grid_section(df, profile: str) -> list[str]:
+    """The grid of a profile (``python -m sasrec_nb.train --all``): its seed summary, its time and every run."""
+    from sasrec_nb import report
+
+    runs = df[df["method"] != "fp32"]
+    cpus = ", ".join(sorted(set(runs["cpu"])))
+    return [f"The comparison grid (`python -m sasrec_nb.train --all --profile {profile}`): {len(runs)} quantized runs "
+            f"from one FP32 model, {runs['train s'].sum() / 60:.0f} min of wall time for their training and "
+            f"calibration ({cpus}; evaluation not counted). % of FP32 and the intervals are full-ranking NDCG@10, "
+            "paired on the same users; \"vs …\" is the paired difference of the worst seed to that post-training row, "
+            "with its 95 % interval.\n",
+            report.summary_markdown(report.seed_summary(df)) + "\n",
+            "<details><summary>every run of the grid</summary>\n",
+            report.markdown_table(df) + "\n",
+            "</details>\n"]
 
 
 def bench_sections(folder: Path) -> list[str]:

@@ -164,3 +164,15 @@ def test_quality_vs_size_marks_the_pareto_front():
     front = next(line for line in ax.get_lines() if line.get_label() == "Pareto front")
     assert list(front.get_xdata()) == [0.1, 0.2, 0.4] and list(front.get_ydata()) == [95.0, 98.0, 100.0]
     assert ax.get_xlabel() and ax.get_ylabel() and "rtn_absmax" in ax.get_legend_handles_labels()[1]
+
+
+def test_against_ptq_draws_the_method_with_its_seed_range_and_each_post_training_row():
+    import pandas as pd
+
+    table = pd.DataFrame({"lsq %": [100.0, 90.0], "min %": [100.0, 85.0], "max %": [100.0, 95.0], "seeds": [1, 3],
+                          "rtn_absmax %": [99.0, 60.0], "rtn_mse %": [99.5, 80.0], "adaround %": [99.8, 82.0]},
+                         index=pd.Index(["W8E8A8", "W2E2A8"], name="setting"))
+    ax = plots.against_ptq(table, "lsq").axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["W8E8A8", "W2E2A8"]
+    assert {"lsq (seed range)", "rtn_absmax", "rtn_mse", "adaround", "FP32"} <= set(ax.get_legend_handles_labels()[1])
+    assert ax.get_ylim()[0] == pytest.approx(55.0) and ax.get_ylabel()

@@ -59,3 +59,27 @@ def test_methods_whose_seed_ranges_overlap_are_not_ranked(table):
     summary = report.seed_summary(table)
     assert not report.separated(summary, "W2E2A8", "lsq", "pact")  # 85–95 % against 92.5–95 %
     assert report.separated(summary, "W2E2A8", "pact", "rtn_absmax")
+
+
+def test_against_ptq_puts_each_setting_of_a_method_beside_the_post_training_rows(table):
+    summary = report.seed_summary(table)
+    lsq = report.against_ptq(summary, "lsq")
+    assert list(lsq.index) == ["W2E2A8"]  # W8E8A8 has no post-training row in this table
+    assert lsq.loc["W2E2A8", "lsq %"] == pytest.approx(90.0)
+    assert lsq.loc["W2E2A8", "rtn_absmax %"] == pytest.approx(60.0)
+    assert lsq.loc["W2E2A8", "seeds"] == 3 and lsq.loc["W2E2A8", "above rtn_absmax"] is False
+    text = report.against_ptq_text(report.against_ptq(summary, "pact"), "pact", "W2E2A8")
+    assert text.startswith("At W2E2A8 pact keeps 93.8 % of FP32 (seeds 92.5–95.0 %), against rtn_absmax 60.0 %; the "
+                           "best post-training row there is rtn_absmax.")
+    assert text.endswith("Every seed's paired 95 % interval lies above rtn_absmax.")
+    assert "No post-training row is beaten" in report.against_ptq_text(lsq, "lsq", "W2E2A8")
+    with pytest.raises(ValueError, match="no run of .apot. beside a post-training row.*--all"):
+        report.against_ptq(summary, "apot")
+
+
+def test_summary_markdown_has_one_line_per_setting_and_method(table):
+    text = report.summary_markdown(report.seed_summary(table))
+    lines = text.splitlines()
+    assert lines[0].startswith("| setting | method | seeds | % of FP32 | seed range |") and len(lines) == 2 + 4
+    lsq = next(line for line in lines if line.startswith("| W2E2A8 | lsq |"))
+    assert "| 3 | 90.0 | 85.0–95.0 |" in lsq and "+0.0350 [-0.0100, +0.0800]" in lsq
