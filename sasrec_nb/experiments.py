@@ -75,17 +75,22 @@ def resolve_bits(profile: Profile, method: str, weight_bits: int | None, act_bit
     return wb, ab
 
 
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """A short sha256 of a state dict's names and values."""
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def start_of(fp32: nn.Module, method: str) -> dict:
     """What a quantized run starts from, kept in its checkpoint and checked when it is loaded: a digest of the FP32
     weights and, for a method whose activation grids stay fixed, the range rule that sets them (``ranges.DEFAULT``);
     for AdaRound also the grids of its residual branches (per dimension or per tensor)."""
     from .quant import adaround
 
-    digest = hashlib.sha256()
-    for name, tensor in fp32.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    start = {"fp32": digest.hexdigest()[:16], "act_range_rule": ranges.DEFAULT.get(method)}
+    start = {"fp32": weights_digest(fp32.state_dict()), "act_range_rule": ranges.DEFAULT.get(method)}
     if method == "adaround":
         start["residual_grid"] = adaround.RESIDUAL_GRID
     return start
@@ -130,6 +135,12 @@ def fp32_model(profile: Profile, force: bool = False) -> tuple[SASRec, dict]:
     save_checkpoint(path, model, {"profile": profile.to_dict(), "history": history})
     files.write_json(path.with_suffix(".json"), history)
     return model.eval(), history
+
+
+def cached_fp32_digest(profile: Profile) -> str | None:
+    """The digest (:func:`start_of`) of the profile's cached FP32 weights, None when none is cached."""
+    path = checkpoint_dir(profile) / "fp32.pt"
+    return weights_digest(read_checkpoint(path)["state_dict"]) if path.exists() else None
 
 
 def starting_point(profile: Profile) -> tuple[Split, SASRec, torch.Tensor]:

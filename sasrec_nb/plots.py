@@ -235,7 +235,8 @@ def alpha_sweep(sweep: Mapping, title: str):
     and the share clipped (right); the legend gives each setting's validation NDCG@10."""
     fig, (a, b) = _fig(10, 3.6, 2)
     for k, (setting, run) in enumerate(sweep["runs"].items()):
-        label = ", ".join(f"{key.replace('pact_alpha_', '')} {value:g}" for key, value in json.loads(setting).items())
+        label = ", ".join(f"{key.replace('pact_alpha_', '')} {value:g}" if isinstance(value, float | int) else
+                          f"{key.replace('pact_alpha_', '')} {value}" for key, value in json.loads(setting).items())
         for j, point in enumerate(run["relu_points"].values()):
             style = "o-" if j == 0 else "s--"
             a.plot(point["alpha"], style, color=PALETTE[k], label=f"{label} (valid {run['valid_ndcg@10']:.3f})"
@@ -245,6 +246,23 @@ def alpha_sweep(sweep: Mapping, title: str):
     b.set(xlabel="epoch (0: calibration)", ylabel="% clipped", title="share of values above α")
     a.legend(fontsize=8)
     fig.suptitle(title)
+    return fig
+
+
+def first_gradients(grads: Mapping[str, Mapping[str, float]], title: str):
+    """|∂L/∂α| of each quantizer at the first training step, one bar colour per start (``{start: {quantizer: g}}``),
+    on a log axis: starts whose gradients differ by orders of magnitude are read side by side."""
+    starts = list(grads)
+    names = list(next(iter(grads.values())))
+    fig, ax = _fig(10, 3.6)
+    width = 0.8 / len(starts)
+    for k, start in enumerate(starts):
+        ax.bar([i + (k - (len(starts) - 1) / 2) * width for i in range(len(names))],
+               [max(abs(grads[start][n]), 1e-12) for n in names], width, color=PALETTE[k], label=start)
+    ax.set_xticks(range(len(names)), [n.replace("_quantizer", "").replace("blocks.", "b") for n in names],
+                  rotation=45, ha="right", fontsize=8)
+    ax.set(yscale="log", ylabel="|∂L/∂α| at the first step", title=title)
+    ax.legend(title="α₀ set by", fontsize=8)
     return fig
 
 

@@ -1,6 +1,7 @@
 """Tables: the committed results JSON (``results/<dataset>/<profile>/*.json``) and live paired comparisons."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -206,3 +207,10 @@ def paired_table(models: dict[str, nn.Module], baseline: nn.Module, split: Split
                                "difference": d["mean"], "95% CI low": d["ci95_low"], "95% CI high": d["ci95_high"],
                                "% of FP32": 100 * mine[p].mean().item() / base[p].mean().item()}
     return pd.DataFrame(rows).T.round(4)
+
+
+def sweep_table(sweep: dict, rows: str, columns: tuple[str, ...], value: str = "valid_ndcg@10") -> pd.DataFrame:
+    """A sweep JSON's runs (keyed by the JSON of their settings, as ``scripts/sweep_*.py`` write them) as a table:
+    one row per value of the setting ``rows``, one column per combination of ``columns``, ``value`` in the cells."""
+    records = [{**json.loads(key), value: run[value]} for key, run in sweep["runs"].items()]
+    return pd.DataFrame(records).pivot_table(index=rows, columns=list(columns), values=value)

@@ -38,12 +38,15 @@ def record(profile: Profile, run: str, method: str, weight_bits: int | None, act
     """The results JSON of a run (DESIGN §6), with paired differences against the FP32 ``baseline`` and, for a QAT
     run, against each post-training model of the same bit widths (``ptq``: ``vs_ptq``), on the same users.
 
-    ``settings`` records the profile fields the run depends on, so a later profile change is detected.
+    ``settings`` records the profile fields the run depends on, so a later profile change is detected; ``start`` the
+    FP32 weights it started from (a digest, :func:`experiments.start_of`; an FP32 run's own), so that a results table
+    can be checked to come from one FP32 model.
     """
     test = evaluate(model, split.test, profile.eval_batch_size, per_user=True)
     out = {
         "run": run, "method": method, "weight_bits": weight_bits, "act_bits": act_bits,
         "settings": {k: getattr(profile, k) for k in run_fields(method)},
+        "start": experiments.start_of(model if baseline is None else baseline, method),
         "embed_bits": profile.embed_bits if method != "fp32" else None,
         "seed": None if method == "fp32" or method in PTQ_BASELINES else profile.seed if seed is None else seed,
         "dataset": dataset_label(profile.dataset), "profile": profile.name,
@@ -72,15 +75,21 @@ def record(profile: Profile, run: str, method: str, weight_bits: int | None, act
     return out
 
 
-def stale_result(path, profile: Profile, method: str) -> str | None:
-    """Why the results file at ``path`` does not belong to the profile as it is now (None when it does)."""
-    saved = files.read_json(path).get("settings")
+def stale_result(path, profile: Profile, method: str, fp32_digest: str | None = None) -> str | None:
+    """Why the results file at ``path`` does not belong to the profile as it is now (None when it does): other
+    settings, or (when both are known) another FP32 start than the cached FP32 model's digest ``fp32_digest``."""
+    result = files.read_json(path)
+    saved = result.get("settings")
     if saved is None:
         return f"{shown(path)} does not record the settings it was produced with (an older version wrote it)"
     changed = changed_settings(saved, profile, run_fields(method))
     if changed:
         return (f"{shown(path)} was produced with other settings than the {profile.name!r} profile has now:\n  "
                 + "\n  ".join(changed))
+    recorded = result.get("start", {}).get("fp32")
+    if fp32_digest is not None and recorded is not None and recorded != fp32_digest:
+        return (f"{shown(path)} started from other FP32 weights (digest {recorded}) than the cached FP32 model "
+                f"({fp32_digest}): a table mixing the two would not come from one FP32 model")
     return None
 
 
@@ -138,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         force = args.force and (run.method != "fp32" or args.all or "fp32" in args.method)
         if result.exists() and not force:
             try:
-                stale = stale_result(result, run_profile, run.method)
+                stale = stale_result(result, run_profile, run.method, experiments.cached_fp32_digest(profile))
             except ValueError as e:  # a corrupt or truncated results file
                 raise SystemExit(f"error: {e}") from None
             if stale:

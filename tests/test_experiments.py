@@ -129,6 +129,22 @@ def test_cli_refuses_results_produced_with_other_settings(home, tiny_quick, monk
         train.main(["--method", "fp32"])
 
 
+def test_cli_refuses_results_from_another_fp32_model(home, tiny_quick):
+    """Every results file records the FP32 weights it started from; one from other weights than the cached FP32 model
+    (e.g. a retrained one) is refused, so that a table never mixes runs of two FP32 models."""
+    assert train.main(["--method", "lsq", "--bits", "4"]) == 0
+    folder = home / "results" / slug(home) / "quick"
+    digest = experiments.start_of(experiments.fp32_model(tiny_quick)[0], "fp32")["fp32"]
+    assert json.loads((folder / "fp32.json").read_text())["start"]["fp32"] == digest
+    assert json.loads((folder / "lsq_w4a8.json").read_text())["start"]["fp32"] == digest
+    path = folder / "lsq_w4a8.json"
+    result = json.loads(path.read_text())
+    result["start"]["fp32"] = "0" * 16
+    path.write_text(json.dumps(result))
+    with pytest.raises(SystemExit, match=r"lsq_w4a8\.json started from other FP32 weights(.|\n)*--force"):
+        train.main(["--method", "lsq", "--bits", "4"])
+
+
 def test_cli_names_a_corrupt_results_file(home, tiny_quick):
     train.main(["--method", "fp32"])
     path = home / "results" / slug(home) / "quick" / "fp32.json"

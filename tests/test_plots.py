@@ -77,13 +77,23 @@ def test_range_setting_and_clip_figures():
 
 def test_alpha_sweep_figure():
     point = {"alpha": [3.0, 2.0, 1.5], "p99": [1, 1, 1], "p999": [2, 2, 2], "clipped": [0.0, 0.001, 0.002]}
-    sweep = {"runs": {'{"pact_alpha_lr": 30.0, "pact_alpha_decay": 0.0001}': {"valid_ndcg@10": 0.1,
-                                                                               "relu_points": {"a": point, "b": point}},
-                      '{"pact_alpha_lr": 30.0, "pact_alpha_decay": 0.0}': {"valid_ndcg@10": 0.09,
-                                                                            "relu_points": {"a": point, "b": point}}}}
+    run = {"relu_points": {"a": point, "b": point}}
+    sweep = {"runs": {'{"pact_alpha_lr": 30.0, "pact_alpha_decay": 0.0001}': {"valid_ndcg@10": 0.1, **run},
+                      '{"pact_alpha_lr": 30.0, "pact_alpha_decay": 0.0}': {"valid_ndcg@10": 0.09, **run},
+                      '{"act_bits": 2, "pact_alpha_rule": "mse", "pact_alpha_lr": 0.1}': {"valid_ndcg@10": 0.08, **run}}}
     fig = plots.alpha_sweep(sweep, "t")
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert labels == ["lr 30, decay 0.0001 (valid 0.100)", "lr 30, decay 0 (valid 0.090)"]
+    assert labels == ["lr 30, decay 0.0001 (valid 0.100)", "lr 30, decay 0 (valid 0.090)",
+                      "act_bits 2, rule mse, lr 0.1 (valid 0.080)"]
+
+
+def test_first_gradients_figure():
+    fig = plots.first_gradients({"absmax": {"embed_out": 3e9, "head_input": 0.0}, "mse": {"embed_out": 0.04,
+                                                                                        "head_input": 0.2}}, "t")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and ax.get_ylabel() and len(ax.patches) == 4
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["absmax", "mse"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["embed_out", "head_input"]
 
 
 def test_time_per_part_figure():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sasrec_nb.model import SASRec
-from sasrec_nb.quant import make_quantizer, param_groups, quantize_model, quantizers, round_ste
+from sasrec_nb.quant import make_quantizer, param_groups, quantize_model, quantizers, ranges, round_ste
 
 ATOL = 1e-5
 
@@ -52,17 +52,36 @@ def test_pact_signed_variant_gradient():
     assert close(q.levels(), [-2, -4 / 3, -2 / 3, 0, 2 / 3, 4 / 3, 2])
 
 
-def test_pact_alpha_init_from_calibration_or_constant():
-    x = torch.tensor([0.0, 0.5, 3.5, 1.0])
-    q = make_quantizer("pact", "act", 4, signed=False)
+def calibrated(q, x: torch.Tensor):
     q.start_calibration()
     q(x)
     q.finish_calibration()
+    return q
+
+
+def test_pact_alpha_init_from_calibration_rule_or_constant():
+    x = torch.tensor([0.0, 0.5, 3.5, 1.0])
+    q = calibrated(make_quantizer("pact", "act", 4, signed=False, pact_alpha_rule="absmax"), x)
     assert q.scale.item() == pytest.approx(3.5)
     assert q.clipped_fraction(x) == 0.0
     q = make_quantizer("pact", "act", 4, signed=False, pact_alpha_init=10.0)
     q(x)
     assert q.scale.item() == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="range rule"):
+        make_quantizer("pact", "act", 4, pact_alpha_rule="max")
+
+
+def test_pact_default_start_is_the_mse_clip():
+    """α₀ = argmin over c_k = k/100 · max|x| of the quantization MSE (ranges.DEFAULT["pact"]); on a heavy tail at 2
+    bits that clips the tail, where the abs-max start would round almost everything to 0."""
+    x = torch.cat([torch.linspace(-1, 1, 201), torch.tensor([4.0])])
+    q = calibrated(make_quantizer("pact", "act", 2), x)  # signed: {−α, 0, α}
+    assert ranges.DEFAULT["pact"] == "mse" and q.alpha_rule == "mse"
+    assert q.scale.item() == pytest.approx(ranges.clip_value(x, "mse", -1, 1).item())
+    assert q.scale.item() < 2.0  # the outlier clips
+    assert (q(x) == 0).float().mean() < 0.6
+    absmax = calibrated(make_quantizer("pact", "act", 2, pact_alpha_rule="absmax"), x)
+    assert (absmax(x) == 0).float().mean() > 0.99  # every value but the outlier rounds to 0
 
 
 @pytest.mark.parametrize("signed", [False, True])

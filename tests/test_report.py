@@ -83,3 +83,12 @@ def test_summary_markdown_has_one_line_per_setting_and_method(table):
     assert lines[0].startswith("| setting | method | seeds | % of FP32 | seed range |") and len(lines) == 2 + 4
     lsq = next(line for line in lines if line.startswith("| W2E2A8 | lsq |"))
     assert "| 3 | 90.0 | 85.0–95.0 |" in lsq and "+0.0350 [-0.0100, +0.0800]" in lsq
+
+
+def test_sweep_table_pivots_the_runs_by_their_settings():
+    key = lambda b, rule, lr: json.dumps({"act_bits": b, "pact_alpha_rule": rule, "pact_alpha_lr": lr})  # noqa: E731
+    sweep = {"runs": {key(2, "mse", 0.1): {"valid_ndcg@10": 0.09}, key(2, "absmax", 0.1): {"valid_ndcg@10": 0.0},
+                      key(8, "mse", 0.1): {"valid_ndcg@10": 0.11}, key(8, "absmax", 0.1): {"valid_ndcg@10": 0.12}}}
+    table = report.sweep_table(sweep, rows="act_bits", columns=("pact_alpha_rule", "pact_alpha_lr"))
+    assert list(table.index) == [2, 8]
+    assert table.loc[2, ("mse", 0.1)] == 0.09 and table.loc[8, ("absmax", 0.1)] == 0.12

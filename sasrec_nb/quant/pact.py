@@ -20,8 +20,14 @@ balance is the one the paper describes. lr is ``pact_alpha_lr`` (default :data:`
 Choices where the paper does not fit SASRec, named here and in notebook 05:
 
 * **α₀.** The paper starts α large and lets the clipped gradient and λ_α shrink it. QAT here starts
-  from a trained FP32 model, so α₀ = max|x| of the calibration sample: nothing is clipped at the
-  start. ``pact_alpha_init`` forces a constant instead (10 in the KwangHoonAn port, 8 in Distiller).
+  from a trained FP32 model, so α₀ is set from the calibration sample by a range rule (``pact_alpha_rule``,
+  :mod:`.ranges`; default ``ranges.DEFAULT["pact"]``, the MSE-optimal clip, chosen on validation at 2, 4 and
+  8 bits). ``pact_alpha_init`` forces a constant instead (10 in the KwangHoonAn port, 8 in Distiller).
+  The abs-max start (nothing clipped) fails at 2 bits: a symmetric 2-bit grid {−α, 0, α} with α = max|x| rounds
+  nearly every value to 0, whole rows of a LayerNorm input become 0, LayerNorm (ε = 1e-8) multiplies their
+  gradient by up to 10⁴ per block, and the first backward pass already gives α gradients of 10⁹–10¹⁰: SGD throws α
+  to zero or infinity at any rate (``results/sweeps/pact_alpha_start_quick.json``: validation NDCG@10 0 at
+  lr 0.1, 1 and 30). The MSE start clips the tail instead, and its first gradients are of order 0.01–0.1.
 * **Signed variant** for the signed inputs (LayerNorm outputs, residual branches): a symmetric
   two-sided PACT, y = clip(x, −α, α) on a symmetric grid of 2^(k−1) − 1 steps per side, with
   ∂y_q/∂α = sign(x) where |x| ≥ α. IBM's PACT2 is two-sided with separate learnable bounds; this is
@@ -35,8 +41,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import dorefa
-from .core import EPS, Exported, Quantizer, narrow_range, reduce_except
+from . import dorefa, ranges
+from .core import EPS, Exported, Quantizer, narrow_range
 
 
 class PACTFunction(torch.autograd.Function):
@@ -61,12 +67,13 @@ class PACTFunction(torch.autograd.Function):
         return grad_x, grad_alpha.reshape(alpha.shape), None, None
 
 
-#: SGD learning rate of α (momentum 0.9). At W8A4 on the quick profile (``scripts/sweep_pact_alpha.py``,
-#: results/sweeps/pact_alpha_quick.json) validation NDCG@10 cannot tell 0.1 to 300 apart (0.104-0.112, one standard
-#: error ≈ 0.008); the rates differ in whether α reaches PACT's balance within QAT's 60 steps: at ≤ 10 α stays near
-#: its calibrated max and nothing is clipped, at 30 it falls until clipping (about 0.2 %) holds it, at 300 it
-#: oscillates. 30 is the rate at which the method does what the paper describes within the budget.
-ALPHA_LR = 30.0
+#: SGD learning rate of α (momentum 0.9), chosen with the start on validation (``scripts/sweep_pact_alpha.py --act-bits 2
+#: 4 8 --rule absmax mse --lr 0.1 1 30``, results/sweeps/pact_alpha_start_quick.json, quick profile, W8): α's
+#: gradient is a *sum* over clipped values, so it grows with what the grid clips, and a 2-bit MSE grid clips far more
+#: than an 8-bit one. At 4 and 8 bits every setting lies within 0.0015 of the others (one standard error ≈ 0.008);
+#: at 2 bits the MSE start reaches 0.094 at lr 0.1, 0.055 at 1, and diverges at 30 (the rate an abs-max start needed
+#: at 4 bits to move α at all). One rate serves every width: 0.1.
+ALPHA_LR = 0.1
 
 
 class PACTQuantizer(Quantizer):
@@ -77,8 +84,9 @@ class PACTQuantizer(Quantizer):
     param_optimizer = "sgd"
 
     def __init__(self, bits: int, signed: bool = True, alpha_init: float | None = None, alpha_decay: float = 1e-4,
-                 alpha_lr: float = ALPHA_LR):
+                 alpha_lr: float = ALPHA_LR, alpha_rule: str = ranges.DEFAULT["pact"]):
         super().__init__(bits, signed)
+        self.alpha_rule = ranges.check_rule(alpha_rule)
         if alpha_decay < 0 or alpha_lr <= 0:
             raise ValueError(f"PACT needs pact_alpha_decay ≥ 0 and pact_alpha_lr > 0, got {alpha_decay}, {alpha_lr}")
         self.alpha = nn.Parameter(torch.ones(()))
@@ -95,7 +103,7 @@ class PACTQuantizer(Quantizer):
         if self.alpha_init is not None:
             self.alpha.data.fill_(self.alpha_init)
         else:
-            self.alpha.data.copy_(reduce_except(x, None).clamp_min(EPS))
+            self.alpha.data.copy_(ranges.clip_value(x, self.alpha_rule, *self.qrange).clamp_min(EPS))
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return PACTFunction.apply(x, self.alpha.clamp_min(EPS), self.qrange[1], self.signed)
@@ -117,7 +125,8 @@ class PACTQuantizer(Quantizer):
         return Exported(codes.to(dorefa.code_dtype(self.bits, self.signed)), alpha / n, None)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, alpha: SGD lr {self.param_lr:g}, L2 {self.param_weight_decay:g}"
+        return (f"{super().extra_repr()}, alpha: start {self.alpha_rule}, SGD lr {self.param_lr:g}, "
+                f"L2 {self.param_weight_decay:g}")
 
 
 def weight_quantizer(
@@ -131,7 +140,7 @@ def weight_quantizer(
 
 def act_quantizer(
     bits: int, signed: bool = True, pact_alpha_init: float | None = None, pact_alpha_decay: float = 1e-4,
-    pact_alpha_lr: float = ALPHA_LR
+    pact_alpha_lr: float = ALPHA_LR, pact_alpha_rule: str = ranges.DEFAULT["pact"]
 ) -> PACTQuantizer:
     return PACTQuantizer(bits, signed=signed, alpha_init=pact_alpha_init, alpha_decay=pact_alpha_decay,
-                         alpha_lr=pact_alpha_lr)
+                         alpha_lr=pact_alpha_lr, alpha_rule=pact_alpha_rule)

@@ -20,8 +20,9 @@ import torch
 RULES = ("absmax", "percentile", "mse")
 PERCENTILE = 99.99
 CANDIDATES = 100
-#: each fixed-grid method's rule when none is given, chosen on the validation split (scripts/choose_range_rule.py)
-DEFAULT = {"dorefa": "percentile", "adaround": "percentile"}
+#: each fixed-grid method's rule when none is given, chosen on the validation split (scripts/choose_range_rule.py),
+#: and the rule that sets PACT's learned α₀ (scripts/sweep_pact_alpha.py)
+DEFAULT = {"dorefa": "percentile", "adaround": "percentile", "pact": "mse"}
 #: a larger sample is subsampled for the percentile (torch.quantile's limit, and speed); the max is kept
 SAMPLE = 1 << 20
 
