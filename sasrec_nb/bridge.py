@@ -90,25 +90,66 @@ def convert(model: nn.Module) -> nn.Module:
     return model
 
 
+def _int_dtype(bits: int) -> torch.dtype:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"torchao's integer fake quantizers take 2 to 8 bits here, got {bits!r}")
+    return getattr(torch, f"int{bits}")
+
+
+@torch.no_grad()
+def torchao_fake_quantize(w: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchao's symmetric per-row fake quantization of a weight matrix ``w`` [out, in] at ``bits`` bits (the weight
+    config of :func:`prepare_qat`): the fake-quantized weight and torchao's scale of each row, max|w| / ((q_max − q_min)
+    / 2)."""
+    torchao()
+    from torchao.quantization.qat import IntxFakeQuantizeConfig, IntxFakeQuantizer
+
+    fq = IntxFakeQuantizer(IntxFakeQuantizeConfig(_int_dtype(bits), granularity="per_channel", is_symmetric=True))
+    with quiet():
+        out = fq(w.detach())
+    return out, fq.scale.flatten()
+
+
+@torch.no_grad()
+def course_fake_quantize(w: torch.Tensor, scale: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """The course's uniform weight quantizer (STE's, per output row, codes −2^(b−1) … 2^(b−1) − 1) with the per-row
+    step ``scale`` in place of its own abs-max step max|w| / q_max: s · clamp(round(w / s), q_min, q_max)."""
+    from .quant import make_quantizer
+
+    ours = make_quantizer("ste", "weight", bits, axis=0, channels=w.shape[0])
+    ours.step.data.copy_(scale.flatten())
+    ours.initialized.fill_(True)
+    return ours(w.detach())
+
+
+@torch.no_grad()
+def weight_pair(linear: nn.Module) -> dict[str, torch.Tensor]:
+    """The weight of a ``FakeQuantizedLinear`` (``w``), torchao's per-row scales (``scale``), torchao's fake-quantized
+    weight (``torchao``) and the course's at those scales (``course``, :func:`course_fake_quantize`)."""
+    w = linear.weight.detach()
+    with quiet():
+        theirs = linear.weight_fake_quantizer(w)
+    scale = linear.weight_fake_quantizer.scale.flatten()
+    return {"w": w, "scale": scale, "torchao": theirs, "course": course_fake_quantize(w, scale)}
+
+
+def half_step_distance(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """How far each w / s (per row) sits from the nearest half-integer k + ½, in steps: where it is within a float
+    rounding of 0, torchao's w · (1/s) and the course's w / s may round to neighbouring codes."""
+    return ((w / scale[:, None]).frac().abs() - 0.5).abs()
+
+
 @torch.no_grad()
 def compare_weights(linear: nn.Module) -> dict:
     """torchao's fake-quantized weight of a ``FakeQuantizedLinear`` against the course's uniform quantizer (STE's)
     with torchao's own per-row scales: the share of equal values, the largest difference in steps, and whether
     every difference sits on a rounding half-step (torchao divides by multiplying with 1/s, the course divides
     by s: the two round a value within a float rounding of k + ½ differently)."""
-    from .quant import make_quantizer
-
-    w = linear.weight.detach()
-    with quiet():
-        theirs = linear.weight_fake_quantizer(w)
-    scale = linear.weight_fake_quantizer.scale.flatten()
-    ours = make_quantizer("ste", "weight", 8, axis=0, channels=w.shape[0])
-    ours.step.data.copy_(scale)
-    ours.initialized.fill_(True)
-    mine = ours(w)
+    p = weight_pair(linear)
+    w, scale, theirs, mine = p["w"], p["scale"], p["torchao"], p["course"]
     differ = mine != theirs
     steps = ((mine - theirs).abs() / scale[:, None]).max().item()
-    half = ((w / scale[:, None]).frac().abs() - 0.5).abs() < 1e-4
+    half = half_step_distance(w, scale) < 1e-4
     return {"equal": 1 - differ.float().mean().item(), "max difference (steps)": round(steps, 4),
             "differences on half-steps": bool((~differ | half).all()),
             "scale = max|w| / 127.5": bool(torch.allclose(scale, w.abs().amax(1) / 127.5))}

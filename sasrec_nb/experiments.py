@@ -9,6 +9,7 @@ only by ``python -m sasrec_nb.train`` (:mod:`sasrec_nb.train`), from these same 
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from dataclasses import replace
 from functools import lru_cache
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from . import files
-from .config import Profile, changed_settings, checkpoint_dir, device, project_root, run_fields
+from .config import Profile, changed_settings, checkpoint_dir, device, project_root, results_dir, run_fields
 from .data import REGISTRY, dataset_slug, load_dataset
 from .loaders import Split, calibration_sequences, leave_one_out
 from .model import SASRec
@@ -122,11 +123,41 @@ def new_model(profile: Profile, split: Split) -> SASRec:
     return SASRec(split.num_items, **profile.model_kwargs()).to(device())
 
 
+def fp32_record_path(profile: Profile) -> Path:
+    """Where a profile with ``fp32_of_record`` keeps its FP32 checkpoint beside its results (committed)."""
+    return results_dir(profile) / "fp32.pt"
+
+
+def seed_cache_from_record(profile: Profile, path: Path) -> None:
+    """Copy the committed FP32 weights of record into the checkpoint cache at ``path``, after checking that they are
+    the weights ``fp32.json`` of the results reports (its ``start.fp32`` digest)."""
+    record = fp32_record_path(profile)
+    result = results_dir(profile) / "fp32.json"
+    recorded = files.read_json(result).get("start", {}).get("fp32") if result.exists() else None
+    digest = weights_digest(read_checkpoint(record)["state_dict"])
+    if recorded != digest:
+        raise ValueError(f"{shown(record)} holds FP32 weights with digest {digest}, but {shown(result)} reports "
+                         f"{recorded}: the two were not written by one run. Restore both from git, or retrain "
+                         f"(python -m sasrec_nb.train --method fp32 --profile {profile.name} --force)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(record, path)
+
+
+def keep_fp32_of_record(profile: Profile) -> None:
+    """Copy the profile's cached FP32 checkpoint beside its results, when the profile keeps one (``fp32_of_record``)."""
+    if profile.fp32_of_record:
+        fp32_record_path(profile).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(checkpoint_dir(profile) / "fp32.pt", fp32_record_path(profile))
+
+
 def fp32_model(profile: Profile, force: bool = False) -> tuple[SASRec, dict]:
-    """The FP32 SASRec of the profile (in eval mode): loaded from its checkpoint, or trained (and cached) first."""
+    """The FP32 SASRec of the profile (in eval mode): loaded from its checkpoint, or trained (and cached) first. A
+    profile with ``fp32_of_record`` fills an empty cache from the committed weights of record instead of training."""
     split = load_split(profile)
     path = checkpoint_dir(profile) / "fp32.pt"
     model = new_model(profile, split)
+    if profile.fp32_of_record and not force and not path.exists() and fp32_record_path(profile).exists():
+        seed_cache_from_record(profile, path)
     ckpt = cached_checkpoint(path, profile, "fp32", force)
     if ckpt is not None:
         load_into(model, ckpt["state_dict"], str(shown(path)))

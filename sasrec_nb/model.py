@@ -2,7 +2,8 @@
 
 Each block is the paper's residual form g(x) = x + Dropout(g(LayerNorm(x))) (§III-C):
 
-    E   = item_emb(s) * sqrt(d) + pos_emb(p)                      (paper eq. 1-2)
+    E   = item_emb(s) * sqrt(d) + pos_emb(p)       (paper eq. 1-2 without the sqrt(d): the authors' TF code's
+                                                    scale=True and the reference port multiply by it)
     for each block (residual="paper", the default):
         H   = LN_attn(E);   E = E + Attn(H, H, H)                 (eq. 3-5)
         E   = E + W2 ReLU(W1 LN_ffn(E))                           (eq. 6, point-wise FFN)

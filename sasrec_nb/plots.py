@@ -91,7 +91,7 @@ def training_curves(history: Mapping, title: str = "training"):
     b.plot([r["epoch"] for r in ev], [r["hit@10"] for r in ev], "s-", label="Hit@10 (full ranking)")
     if history.get("best_epoch"):
         b.axvline(history["best_epoch"], color="k", ls=":", lw=1, label="best (kept)")
-    b.set(xlabel="epoch", title=f"{title}: validation")
+    b.set(xlabel="epoch", ylabel="metric@10 on validation", title=f"{title}: validation")
     b.legend()
     return fig
 
@@ -99,12 +99,14 @@ def training_curves(history: Mapping, title: str = "training"):
 def attention_weights(weights: torch.Tensor, items: Sequence[int], titles: Sequence[str]):
     """One heat map per layer/head: ``weights [n, L, L]`` for the non-padded positions."""
     n = len(weights)
-    fig, axes = _fig(3.3 * n, 3.4, n)
+    fig, axes = _fig(3.3 * n + 0.6, 3.4, n)
+    axes = np.atleast_1d(axes)
     top = float(weights.max())
-    for k, (ax, w, t) in enumerate(zip(np.atleast_1d(axes), weights, titles)):
-        sns.heatmap(w.numpy(), cmap="viridis", vmin=0, vmax=top, ax=ax, cbar=k == n - 1, square=True,
-                    xticklabels=False, yticklabels=False, cbar_kws={"label": "attention probability"})
+    for ax, w, t in zip(axes, weights, titles):
+        sns.heatmap(w.detach().cpu().numpy(), cmap="viridis", vmin=0, vmax=top, ax=ax, cbar=False, square=True,
+                    xticklabels=False, yticklabels=False)
         ax.set(title=t, xlabel="key position (earlier → later)", ylabel="query position")
+    fig.colorbar(axes[0].collections[0], ax=list(axes), label="attention weight", shrink=0.9)
     return fig
 
 
@@ -116,7 +118,8 @@ def metric_bars(results: Mapping[str, Mapping], metric: str = "ndcg@10"):
         values = [results[n][protocol][metric] for n in names]
         bars = ax.bar(names, values, color=PALETTE[: len(names)])
         ax.bar_label(bars, fmt="%.3f")
-        ax.set(title=f"{metric} — {protocol}", ylim=(0, max(values) * 1.2))
+        ax.set(title=f"{metric} — {protocol}", ylim=(0, max(values) * 1.2), xlabel="model",
+               ylabel=f"{metric} ({'full ranking' if protocol == 'full' else '1 positive + 100 sampled'})")
     return fig
 
 
@@ -144,11 +147,12 @@ def grid_histogram(before: torch.Tensor, after: torch.Tensor, levels_after: torc
         lv = levels.flatten().detach().cpu().numpy()
         step = int(np.ceil(len(lv) / max_lines))
         ax.grid(False)
-        for v in lv[::step]:
-            ax.axvline(v, color=PALETTE[3], lw=0.8, alpha=0.7)
-        ax.hist(w.flatten().detach().cpu().numpy(), bins=80, color=PALETTE[0], alpha=0.9)
+        for j, v in enumerate(lv[::step]):
+            ax.axvline(v, color=PALETTE[3], lw=0.8, alpha=0.7, label="grid levels" if j == 0 else None)
+        ax.hist(w.flatten().detach().cpu().numpy(), bins=80, color=PALETTE[0], alpha=0.9, label="weights")
         shown = f"{len(lv)} levels" + (f", every {step}th drawn" if step > 1 else "")
         ax.set(xlabel="weight value", ylabel="count", title=f"{name} ({shown})")
+        ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
     fig.suptitle(title)
     return fig
 
@@ -191,8 +195,8 @@ def scale_trajectories(scales: Mapping[str, Sequence[float]], title: str, relati
             ax.set_axis_off()
             continue
         epochs = np.arange(len(next(iter(curves.values()))))
-        for c in curves.values():
-            ax.plot(epochs, c, color="0.7", lw=0.9)
+        for j, c in enumerate(curves.values()):
+            ax.plot(epochs, c, color="0.7", lw=0.9, label=f"each of the {len(curves)} (grey)" if j == 0 else None)
         ax.plot(epochs, np.median(np.stack(list(curves.values())), 0), color="k", lw=2, marker="o", ms=4,
                 label="median")
         moved = sorted(curves, key=lambda n: abs(curves[n][-1] - curves[n][0]), reverse=True)[:2]
@@ -202,7 +206,7 @@ def scale_trajectories(scales: Mapping[str, Sequence[float]], title: str, relati
         _mark_kept(ax, best_epoch)
         ax.set(xlabel="epoch (0 = after calibration)", ylabel="s(t) / s(0)" if relative else "value",
                title=f"{len(curves)} {'weight' if role == 'weight' else 'activation'} quantizers", xticks=epochs)
-        ax.legend(fontsize=8, title="grey: each quantizer", title_fontsize=8)
+        ax.legend(fontsize=8, title="the two that moved most in colour", title_fontsize=8)
     fig.suptitle(title)
     return fig
 
@@ -272,10 +276,11 @@ def clipped_fractions(fractions: Mapping[str, float], title: str):
     pct = [100 * fractions[n] for n in names]
     fig, ax = _fig(10, 3.4)
     bars = ax.bar(range(len(names)), pct, color=PALETTE[2])
-    ax.bar_label(bars, labels=["0" if v == 0 else f"{v:.3g}" for v in pct], fontsize=8)
+    ax.bar_label(bars, labels=["0 %" if v == 0 else f"{v:.3g} %" for v in pct], fontsize=8)
     ax.set_xticks(range(len(names)), [n.replace("_quantizer", "").replace("blocks.", "b") for n in names],
                   rotation=45, ha="right", fontsize=8)
-    ax.set(ylabel="% of values clipped", title=title + ("" if any(pct) else " (nothing clipped)"),
+    ax.set(xlabel="quantizer", ylabel="clipped share, % of values",
+           title=title + ("" if any(pct) else " (nothing clipped)"),
            ylim=(0, max(max(pct) * 1.25, 1e-3)))
     return fig
 
@@ -371,6 +376,31 @@ def against_ptq(table: pd.DataFrame, method: str, title: str = ""):
     return fig
 
 
+def grid_overview(summary: pd.DataFrame, ptq_rows: Sequence[str], title: str = "the comparison grid"):
+    """Every (setting, method) of :func:`report.seed_summary`: mean % of FP32 with the seeds' range as a bar, settings
+    in grid order along x, methods side by side; post-training rows (``ptq_rows``) as open markers, QAT filled."""
+    fig, ax = _fig(11, 4.2)
+    settings = list(dict.fromkeys(summary.index.get_level_values("setting")))
+    methods = list(dict.fromkeys(summary.index.get_level_values("method")))
+    width = 0.8 / len(methods)
+    for k, method in enumerate(methods):
+        color, marker = _method_style(method, k)
+        rows = summary.xs(method, level="method").reindex(settings)
+        x = np.arange(len(settings)) - 0.4 + width * (k + 0.5)
+        err = np.stack([rows["% of FP32"] - rows["min %"], rows["max %"] - rows["% of FP32"]])
+        post = method in ptq_rows
+        ax.errorbar(x, rows["% of FP32"], yerr=err, color=color, marker=marker, ls="none", ms=6, capsize=2,
+                    mfc="white" if post else color, label=f"{method} (post-training)" if post else method)
+    for i in range(1, len(settings)):
+        ax.axvline(i - 0.5, color="0.85", lw=0.8)
+    ax.axhline(100, color="k", ls="--", lw=1, label="FP32")
+    ax.set(xticks=np.arange(len(settings)), xticklabels=settings, xlim=(-0.5, len(settings) - 0.5),
+           xlabel="setting: W = block weights, E = item and position tables, A = activations (bits)",
+           ylabel="full NDCG@10, % of FP32 (mean, seed range)", title=title)
+    ax.legend(fontsize=8, ncol=5, loc="lower left")
+    return fig
+
+
 def quality_vs_size(summary: pd.DataFrame, title: str = "quality against model size"):
     """Each (setting, method) of :func:`report.seed_summary` at its packed size: mean % of FP32 with the seeds' range
     as a bar, one colour and marker per method, and the Pareto front (no smaller model keeps more) as a step line."""
@@ -409,7 +439,8 @@ def activation_ranges(points: Mapping[str, Mapping], title: str = "activation ra
                                       ("max", "max |x| (abs-max grid span)", "o", PALETTE[1])):
         ax.scatter([points[n][key] for n in names], y, marker=marker, color=color, label=label, zorder=3)
     labels = [n.replace(".input_quantizer", " input") for n in names]
-    ax.set(yticks=y, yticklabels=labels, xscale="log", xlabel="|x| over the calibration sequences", title=title)
+    ax.set(yticks=y, yticklabels=labels, xscale="log", xlabel="|x| over the calibration sequences",
+           ylabel="quantization point", title=title)
     ax.invert_yaxis()
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     return fig

@@ -20,7 +20,8 @@ PTQ_ROWS = ("rtn_absmax", "rtn_mse", "adaround")
 
 
 def load_results(profile: Profile, folder: Path | None = None) -> pd.DataFrame:
-    """One row per run: metrics under both protocols, the paired difference to FP32, size and cost."""
+    """One row per run: metrics under both protocols, the paired difference to FP32, size and cost, and the digest of
+    the FP32 weights it started from (``FP32 digest``; None in a file written before results recorded it)."""
     folder = folder or results_dir(profile)
     rows = []
     for path in sorted(folder.glob("*.json")):
@@ -37,6 +38,7 @@ def load_results(profile: Profile, folder: Path | None = None) -> pd.DataFrame:
             "epochs": r["epochs"], "best epoch": r.get("best_epoch"), "n_users": r["n_users"],
             "cpu": r.get("cpu", ""),
             "embed_bits": r.get("embed_bits") or 32, "seed": r.get("seed"),
+            "FP32 digest": r.get("start", {}).get("fp32"),
         }
         for name, vs_ptq in r.get("vs_ptq", {}).items():
             d = vs_ptq["full"]["diff_ndcg@10"]
@@ -157,6 +159,20 @@ def against_ptq_text(table: pd.DataFrame, method: str, low: str) -> str:
     elif verdicts:
         text += " No post-training row is beaten by every seed's paired 95 % interval."
     return text
+
+
+def kept_epochs(results: pd.DataFrame, method: str) -> str:
+    """A sentence on which QAT epoch :func:`snb.fit` kept (the best validation NDCG@10) over ``method``'s runs in a
+    results table (:func:`load_results`), so that prose about the kept epoch is read off the runs."""
+    runs = results[results["method"] == method]
+    if runs.empty or runs["best epoch"].isna().all():
+        raise ValueError(f"no run of {method!r} with a kept epoch in the results: run python -m sasrec_nb.train --all")
+    counts = runs["best epoch"].dropna().astype(int).value_counts().sort_index()
+    epochs = int(runs["epochs"].max())
+    parts = [f"epoch {e} in {n}" for e, n in counts.items()]
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return (f"Over the {len(runs)} {method} runs of the comparison grid ({epochs} QAT epochs each) the kept epoch was "
+            f"{listed}.")
 
 
 def markdown_table(df: pd.DataFrame) -> str:

@@ -175,6 +175,7 @@ def run_and_record(profile: Profile, run: Run, force: bool) -> dict:
     method, wb, ab = run.method, run.weight_bits, run.act_bits
     if method == "fp32":
         model, history = fp32_model(profile, force=force)
+        experiments.keep_fp32_of_record(profile)
         return record(profile, "fp32", "fp32", None, None, model, split, history)
     fp32, _ = fp32_model(profile)
     if method in PTQ_BASELINES:

@@ -5,7 +5,9 @@
 
 Runs in the default (quick) profile with the same environment as the test run (see tests/conftest.py:
 PYTHONHASHSEED=0, no MPLBACKEND), kernel ``python3``, then drops per-cell timing metadata and any
-widget state so the committed files hold nothing machine-specific. Prints each notebook's wall time.
+widget state so the committed files hold nothing machine-specific. Prints each notebook's wall time and records
+it, with the CPU, the thread count and whether the quick FP32 model was already cached, in
+``results/notebook_times.json`` (one entry per notebook, replaced when it is run again).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
+TIMES = ROOT / "results" / "notebook_times.json"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
 
@@ -61,11 +64,33 @@ def select(args: list[str]) -> list[Path]:
     return chosen
 
 
+def record_time(name: str, seconds: float, fp32_cached: bool) -> None:
+    """Write one notebook's wall time into :data:`TIMES` beside those already there."""
+    from sasrec_nb import files
+    from sasrec_nb.machine import cpu_model
+
+    times = files.read_json(TIMES, "notebook times") if TIMES.exists() else {"notebooks": {}}
+    times["what"] = ("wall seconds of each notebook under scripts/execute_notebooks.py (quick profile); fp32_cached: "
+                     "the quick FP32 checkpoint existed before it ran (otherwise the notebook trained it); "
+                     "load_average_1: the machine's load when it ended (above the thread count, other work shared "
+                     "the cores and the time is an upper bound)")
+    times["notebooks"][name] = {"seconds": round(seconds, 1), "fp32_cached": fp32_cached, "cpu": cpu_model(),
+                                "threads": int(os.environ.get("SASREC_NB_THREADS", os.cpu_count() or 1)),
+                                "load_average_1": round(os.getloadavg()[0], 2)}
+    times["notebooks"] = dict(sorted(times["notebooks"].items()))
+    files.write_json(TIMES, times)
+
+
 def main(argv: list[str]) -> int:
     notebook_env()
+    from sasrec_nb import config
+
+    fp32_checkpoint = config.checkpoint_dir(config.get_profile("quick")) / "fp32.pt"
     total = 0.0
     for path in select(argv):
+        cached = fp32_checkpoint.exists()
         seconds = execute(path)
+        record_time(path.stem, seconds, cached)
         total += seconds
         print(f"{path.name}: {seconds:.1f} s", flush=True)
     print(f"total: {total:.1f} s")

@@ -33,7 +33,23 @@ def render() -> str:
             parts += grid_section(df, name)
         else:
             parts.append(report.markdown_table(df) + "\n")
-    return "\n".join(parts + bench_sections(ROOT / "results" / "bench"))
+    return "\n".join(parts + bench_sections(ROOT / "results" / "bench") + notebook_times(ROOT / "results"))
+
+
+def notebook_times(folder: Path) -> list[str]:
+    """Each notebook's wall time under scripts/execute_notebooks.py (results/notebook_times.json), over 60 s marked."""
+    path = folder / "notebook_times.json"
+    if not path.exists():
+        return []
+    runs = json.loads(path.read_text())["notebooks"]
+    cpus = ", ".join(sorted({r["cpu"] for r in runs.values()}))
+    rows = [f"| `{name}` | {r['seconds']:.0f}{' **(over 60 s)**' if r['seconds'] > 60 else ''} | {r['threads']} | "
+            f"{'cached' if r['fp32_cached'] else 'trained in the notebook'} | {r['load_average_1']:.1f} |"
+            for name, r in runs.items()]
+    return [f"**Notebook run times** (`python scripts/execute_notebooks.py`, quick profile, {cpus}; "
+            "`results/notebook_times.json`). A load above the thread count means other work shared the cores, and the "
+            "time is an upper bound:\n",
+            "| notebook | seconds | threads | quick FP32 model | load (1 min) |\n|---|---|---|---|---|", *rows, ""]
 
 
 def grid_section(df, profile: str) -> list[str]:

@@ -44,3 +44,24 @@ def test_a_tie_is_where_the_two_differ():
 def test_convert_gives_plain_linears_back():
     prepared = bridge.prepare_qat(torch.nn.Sequential(torch.nn.Linear(8, 4)))
     assert type(bridge.convert(prepared)[0]) is torch.nn.Linear
+
+
+def test_the_hand_example_of_notebook_11():
+    """Row maxima 7.5 and −15 at 4 bits: torchao's scales are max|w| / 7.5 = 1 and 2, so each row's extreme lands on
+    a half-step: +7.5 rounds to 8 and is clipped to 7, −7.5 rounds (half to even) to the code −8; the course's
+    quantizer at those scales agrees."""
+    w = torch.tensor([[7.5, -2.25, 1.0, -6.0], [2.0, -5.5, -15.0, 0.5]])
+    theirs, scale = bridge.torchao_fake_quantize(w, 4)
+    assert torch.equal(scale, torch.tensor([1.0, 2.0]))
+    assert torch.equal(theirs, torch.tensor([[7.0, -2.0, 1.0, -6.0], [2.0, -6.0, -16.0, 0.0]]))
+    assert torch.equal(bridge.course_fake_quantize(w, scale, 4), theirs)
+
+
+def test_fake_quantize_at_8_bits_is_the_prepared_linears():
+    torch.manual_seed(1)
+    linear = bridge.prepare_qat(torch.nn.Sequential(torch.nn.Linear(32, 8)), activations=False)[0]
+    pair = bridge.weight_pair(linear)
+    theirs, scale = bridge.torchao_fake_quantize(pair["w"], 8)
+    assert torch.equal(theirs, pair["torchao"]) and torch.equal(scale, pair["scale"])
+    with pytest.raises(ValueError, match="2 to 8 bits"):
+        bridge.torchao_fake_quantize(pair["w"], 9)

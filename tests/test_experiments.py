@@ -145,6 +145,30 @@ def test_cli_refuses_results_from_another_fp32_model(home, tiny_quick):
         train.main(["--method", "lsq", "--bits", "4"])
 
 
+def test_fp32_weights_of_record_travel_with_the_results(home, monkeypatch):
+    """A profile with ``fp32_of_record`` commits its FP32 checkpoint beside its results, and a fresh cache (another
+    machine, whose FP32 training would differ) loads those weights instead of training; weights that do not match
+    the results' digest are refused."""
+    profile = replace(tiny_profile(), fp32_of_record=True)
+    monkeypatch.setitem(config.PROFILES, "quick", profile)
+    assert train.main(["--method", "fp32"]) == 0
+    folder = home / "results" / slug(home) / "quick"
+    digest = json.loads((folder / "fp32.json").read_text())["start"]["fp32"]
+    assert experiments.weights_digest(training.read_checkpoint(folder / "fp32.pt")["state_dict"]) == digest
+    cache = home / "checkpoints" / slug(home) / "quick"
+    for f in cache.iterdir():
+        f.unlink()
+    monkeypatch.setattr(experiments, "fit", lambda *a, **k: pytest.fail("trained instead of loading the record"))
+    model, _ = experiments.fp32_model(profile)
+    assert experiments.weights_digest(model.state_dict()) == digest and (cache / "fp32.pt").exists()
+    (cache / "fp32.pt").unlink()
+    result = json.loads((folder / "fp32.json").read_text())
+    result["start"]["fp32"] = "0" * 16
+    (folder / "fp32.json").write_text(json.dumps(result))
+    with pytest.raises(ValueError, match=r"fp32\.pt holds FP32 weights with digest(.|\n)*--force"):
+        experiments.fp32_model(profile)
+
+
 def test_cli_names_a_corrupt_results_file(home, tiny_quick):
     train.main(["--method", "fp32"])
     path = home / "results" / slug(home) / "quick" / "fp32.json"

@@ -19,6 +19,34 @@ def close_figures():
     plt.close("all")
 
 
+def drawn_axes(fig):
+    """The axes of ``fig`` that draw data: the visible ones, colour bars aside."""
+    bars = {m.colorbar.ax for ax in fig.axes for m in (*ax.collections, *ax.images) if getattr(m, "colorbar", None)}
+    return [ax for ax in fig.axes if ax.axison and ax not in bars]
+
+
+def labelled(ax, xlabel: bool = True, title: bool = True):
+    """``ax`` names both axes and has a title (``xlabel``/``title`` False: a panel that shares them with the figure),
+    and has a legend in a readable font where it labels more than one series; returns ``ax``."""
+    assert ax.get_ylabel().strip(), "no y label"
+    assert not xlabel or ax.get_xlabel().strip(), f"no x label ({ax.get_ylabel()!r})"
+    assert not title or ax.get_title().strip(), f"no title ({ax.get_ylabel()!r})"
+    series = [label for label in ax.get_legend_handles_labels()[1] if not label.startswith("_")]
+    if len(series) > 1:
+        legend = ax.get_legend()
+        assert legend is not None, f"{len(series)} labelled series and no legend ({ax.get_title()!r})"
+        assert [t.get_text() for t in legend.get_texts()] == series
+        assert min(t.get_fontsize() for t in legend.get_texts()) >= 7
+    return ax
+
+
+def all_labelled(fig, n_axes: int):
+    """``fig`` draws ``n_axes`` axes and every one is :func:`labelled`; returns them."""
+    axes = drawn_axes(fig)
+    assert len(axes) == n_axes
+    return [labelled(ax) for ax in axes]
+
+
 def test_data_figures():
     data = synthetic(num_users=40, num_items=120, mean_len=15, seed=0)
     split = leave_one_out(data, 10, num_negatives=20)
@@ -31,24 +59,43 @@ def test_model_and_training_figures():
     assert plots.attention_mask(attention_mask(seqs)[0, 0], seqs[0].tolist()).get_figwidth() == 4.6
     history = {"epochs": [{"epoch": 1, "train_loss": 2.0, "valid_loss": 2.1, "ndcg@10": 0.1, "hit@10": 0.2},
                           {"epoch": 2, "train_loss": 1.5}], "best_epoch": 1}
-    plots.training_curves(history)
-    plots.attention_weights(torch.rand(2, 5, 5), list(range(5)), ["a", "b"])
+    loss, valid = all_labelled(plots.training_curves(history), 2)
+    assert loss.get_legend() is not None and valid.get_legend() is not None
     result = {"full": {"ndcg@10": 0.1}, "sampled100": {"ndcg@10": 0.4}}
-    plots.metric_bars({"x": result, "y": result})
+    for ax in all_labelled(plots.metric_bars({"x": result, "y": result}), 2):
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["x", "y"]
+
+
+def test_attention_weights_share_one_labelled_colour_bar():
+    weights = torch.rand(3, 5, 5)
+    fig = plots.attention_weights(weights, list(range(5)), ["head 0", "head 1", "head 2"])
+    maps = all_labelled(fig, 3)
+    assert [ax.get_title() for ax in maps] == ["head 0", "head 1", "head 2"]
+    bars = [ax for ax in fig.axes if ax not in maps]
+    assert len(bars) == 1 and bars[0].get_ylabel() == "attention weight"
+    top = float(weights.max())
+    assert all(ax.collections[0].get_clim() == pytest.approx((0.0, top)) for ax in maps), "one scale for all maps"
 
 
 def test_quantization_figures():
     x = torch.linspace(-1, 1, 11)
-    plots.staircase(x, x.round(), torch.ones(11), "t")
-    plots.grid_histogram(torch.randn(64), torch.randn(64), torch.linspace(-1, 1, 256), "t",
-                         levels_before=torch.linspace(-2, 2, 16))
-    plots.scale_trajectories({"a.weight_quantizer": [1.0, 1.1], "b.input_quantizer": [2.0, 1.5]}, "t")
-    plots.clipped_fractions({"a": 0.01, "b": 0.0}, "t")
-    plots.levels_compare({"u": torch.linspace(0, 1, 4), "p": torch.tensor([0, 0.25, 0.5, 1.0])}, "t")
+    forward, _ = all_labelled(plots.staircase(x, x.round(), torch.ones(11), "t"), 2)
+    assert forward.get_legend() is not None
+    fig = plots.grid_histogram(torch.randn(64), torch.randn(64), torch.linspace(-1, 1, 256), "t",
+                               levels_before=torch.linspace(-2, 2, 16))
+    for ax in all_labelled(fig, 2):
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["grid levels", "weights"]
+    fig = plots.levels_compare({"u": torch.linspace(0, 1, 4), "p": torch.tensor([0, 0.25, 0.5, 1.0])}, "t")
+    rows = drawn_axes(fig)  # stacked rows on one shared x axis: the x label under the last, the title over all
+    assert [ax.get_ylabel() for ax in rows] == ["u\n(4)", "p\n(4)"] and rows[-1].get_xlabel()
+    assert fig.get_suptitle() == "t"
     r = {"full": {"ndcg@10": 0.1, "hit@10": 0.2}, "sampled100": {"ndcg@10": 0.4, "hit@10": 0.6}}
     points = {"a.input_quantizer": {"p99": 1.0, "p999": 2.0, "max": 5.0},
               "b_out": {"p99": 0.5, "p999": 1.0, "max": 1.5}}
-    assert plots.activation_ranges(points).get_figwidth() == 8
+    fig = plots.activation_ranges(points)
+    assert fig.get_figwidth() == 8
+    (ax,) = all_labelled(fig, 1)
+    assert len(ax.get_legend().get_texts()) == 3
     table = plots.quality_table({"q": r}, r)
     assert table.loc["q", "% of FP32 (full NDCG@10)"] == 100.0
 
@@ -80,7 +127,8 @@ def test_alpha_sweep_figure():
     run = {"relu_points": {"a": point, "b": point}}
     sweep = {"runs": {'{"pact_alpha_lr": 30.0, "pact_alpha_decay": 0.0001}': {"valid_ndcg@10": 0.1, **run},
                       '{"pact_alpha_lr": 30.0, "pact_alpha_decay": 0.0}': {"valid_ndcg@10": 0.09, **run},
-                      '{"act_bits": 2, "pact_alpha_rule": "mse", "pact_alpha_lr": 0.1}': {"valid_ndcg@10": 0.08, **run}}}
+                      '{"act_bits": 2, "pact_alpha_rule": "mse", "pact_alpha_lr": 0.1}': {"valid_ndcg@10": 0.08,
+                                                                                          **run}}}
     fig = plots.alpha_sweep(sweep, "t")
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["lr 30, decay 0.0001 (valid 0.100)", "lr 30, decay 0 (valid 0.090)",
@@ -147,6 +195,52 @@ def test_quality_vs_bits_shows_intervals_and_one_style_per_method():
     assert len(bars) == 6, "each method's paired interval drawn"
     low, high = bars[0].lines[2][0].get_segments()[0][:, 1]  # the first error bar: 100 * (1 + CI / start)
     assert low == pytest.approx(98.0) and high == pytest.approx(100.0)
+
+
+def test_clipped_fractions_label_small_shares_in_percent():
+    fig = plots.clipped_fractions({"blocks.0.a_quantizer": 0.00012, "b_quantizer": 0.0, "c": 0.25}, "t")
+    (ax,) = all_labelled(fig, 1)
+    assert "%" in ax.get_ylabel()
+    assert [t.get_text() for t in ax.texts] == ["0.012 %", "0 %", "25 %"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["b0.a", "b", "c"]
+    assert "nothing clipped" in plots.clipped_fractions({"a": 0.0}, "t").axes[0].get_title()
+
+
+def test_scale_trajectories_draw_every_quantizer_and_name_the_groups():
+    scales = {f"blocks.{b}.{part}.weight_quantizer": [1.0, 1.0 + 0.01 * (2 * b + k), 1.0 + 0.02 * (2 * b + k)]
+              for b in range(2) for k, part in enumerate(("q", "k", "v", "o", "fc1", "fc2", "x"))}  # 14, as SASRec
+    scales |= {"embed_out": [2.0, 1.5, 1.0], "head_input": [1.0, 1.1, 1.2], "blocks.0.ffn.fc2.input_quantizer": [3.0,
+                                                                                                             3.0, 3.3]}
+    fig = plots.scale_trajectories(scales, "t", best_epoch=2)
+    weight, act = all_labelled(fig, 2)
+    assert fig.get_suptitle() == "t"
+    for ax, n in ((weight, 14), (act, 3)):
+        assert ax.get_title().startswith(f"{n} ")
+        grey = [line for line in ax.get_lines() if line.get_color() == "0.7"]
+        assert len(grey) == n, "every quantizer drawn, none dropped"
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels[:2] == [f"each of the {n} (grey)", "median"] and labels[-1].startswith("kept: epoch 2")
+    assert "block 1.x.weight" in [t.get_text() for t in weight.get_legend().get_texts()]  # moved most: named
+    only_weights = plots.scale_trajectories({"a.weight_quantizer": [1.0, 1.1]}, "t")
+    assert len(drawn_axes(only_weights)) == 1  # no activation quantizer: that panel is switched off
+
+
+def test_grid_overview_draws_each_setting_and_method():
+    import pandas as pd
+
+    rows = [(setting, method, pct) for setting, base in (("W8E8A8", 100.0), ("W4E4A8", 97.0), ("W2E2A8", 80.0))
+            for method, pct in (("lsq", base), ("pact", base - 1), ("rtn_absmax", base - 10))]
+    summary = pd.DataFrame([{"setting": s, "method": m, "seeds": 1 if m == "rtn_absmax" else 3, "% of FP32": p,
+                             "min %": p - (0 if m == "rtn_absmax" else 1), "max %": p + (0 if m == "rtn_absmax" else 1)}
+                            for s, m, p in rows if (s, m) != ("W2E2A8", "pact")]).set_index(["setting", "method"])
+    fig = plots.grid_overview(summary, ["rtn_absmax"], "t")
+    (ax,) = all_labelled(fig, 1)
+    assert ax.get_title() == "t"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["W8E8A8", "W4E4A8", "W2E2A8"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]  # one entry per method, and FP32
+    assert sorted(legend) == sorted(["lsq", "pact", "rtn_absmax (post-training)", "FP32"])
+    bars = [c for c in ax.containers if c.has_yerr]
+    assert len(bars) == 3, "a seed range for every method"
 
 
 def test_every_figure_function_is_drawn_by_a_test():

@@ -92,3 +92,13 @@ def test_sweep_table_pivots_the_runs_by_their_settings():
     table = report.sweep_table(sweep, rows="act_bits", columns=("pact_alpha_rule", "pact_alpha_lr"))
     assert list(table.index) == [2, 8]
     assert table.loc[2, ("mse", 0.1)] == 0.09 and table.loc[8, ("absmax", 0.1)] == 0.12
+
+
+def test_kept_epochs_counts_each_runs_best_epoch(table):
+    runs = table.copy()
+    runs.loc[runs["method"] == "lsq", "best epoch"] = [1, 3, 3, 1]
+    runs.loc[runs["method"] == "lsq", "epochs"] = 4
+    assert report.kept_epochs(runs, "lsq") == ("Over the 4 lsq runs of the comparison grid (4 QAT epochs each) the kept "
+                                               "epoch was epoch 1 in 2 and epoch 3 in 2.")
+    with pytest.raises(ValueError, match="no run of 'apot'"):
+        report.kept_epochs(runs, "apot")
