@@ -161,6 +161,52 @@ def against_ptq_text(table: pd.DataFrame, method: str, low: str) -> str:
     return text
 
 
+#: the targets the comparison grid was set (issue 15), per setting: the best QAT row's mean % of FP32 at least this
+TARGETS = {"full": {"W4E4A8": 99.0, "W2E2A8": 90.0, "W4E4A4": 97.0}}
+#: the setting where, on the full profile, every QAT method must also beat round to nearest with an abs-max range
+EVERY_ABOVE_ABSMAX = "W2E2A8"
+
+
+def target_check(summary: pd.DataFrame, targets: dict[str, float]) -> pd.DataFrame:
+    """Per target setting of :func:`seed_summary`: the best QAT row (highest mean % of FP32), its mean and seed range,
+    the target and whether it is met, and for :data:`EVERY_ABOVE_ABSMAX` whether every seed of every QAT method has
+    its paired interval against ``rtn_absmax`` above zero. A setting that has not run is a row with ``ran`` False."""
+    rows = {}
+    for name, target in targets.items():
+        here = summary.xs(name, level="setting") if name in summary.index.get_level_values("setting") else None
+        qat = None if here is None else here[[m not in PTQ_ROWS for m in here.index]]
+        if qat is None or qat.empty:
+            rows[name] = {"ran": False, "target %": target}
+            continue
+        best = qat["% of FP32"].idxmax()
+        row = {"ran": True, "best": best, "best %": qat.loc[best, "% of FP32"], "min %": qat.loc[best, "min %"],
+               "max %": qat.loc[best, "max %"], "seeds": int(qat.loc[best, "seeds"]), "target %": target,
+               "met": bool(qat.loc[best, "% of FP32"] >= target)}
+        if name == EVERY_ABOVE_ABSMAX:
+            above = qat["above rtn_absmax"] if "above rtn_absmax" in qat else pd.Series(dtype=object)
+            row["every QAT above rtn_absmax"] = bool(len(above) == len(qat) and above.notna().all() and above.all())
+        rows[name] = row
+    return pd.DataFrame(rows).T.rename_axis("setting")
+
+
+def target_text(checks: pd.DataFrame) -> str:
+    """:func:`target_check` in sentences: each target met or missed, by how much, with the best row named."""
+    lines = []
+    for name, row in checks.iterrows():
+        if not row["ran"]:
+            lines.append(f"- **{name}** (best QAT ≥ {row['target %']:.0f} % of FP32): not run.")
+            continue
+        spread = f", seeds {row['min %']:.1f}–{row['max %']:.1f}" if row["seeds"] > 1 else ", one seed"
+        verdict = "met" if row["met"] else f"**missed** by {row['target %'] - row['best %']:.1f} points"
+        line = (f"- **{name}** (best QAT ≥ {row['target %']:.0f} % of FP32): highest QAT mean {row['best']} "
+                f"{row['best %']:.1f} %{spread}; {verdict}.")
+        if "every QAT above rtn_absmax" in row and not pd.isna(row["every QAT above rtn_absmax"]):
+            line += (" Every QAT method is above round to nearest with an abs-max range, every seed's paired 95 % "
+                     "interval excluding zero: " + ("met." if row["every QAT above rtn_absmax"] else "**missed**."))
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def kept_epochs(results: pd.DataFrame, method: str) -> str:
     """A sentence on which QAT epoch :func:`snb.fit` kept (the best validation NDCG@10) over ``method``'s runs in a
     results table (:func:`load_results`), so that prose about the kept epoch is read off the runs."""

@@ -8,10 +8,12 @@ checkpoint as the method does before any training (DoReFa: quantize and calibrat
 AdaRound: its whole post-training procedure) and scores it on the **validation** users, full ranking: the test
 split is never looked at. AdaRound's residual branches have one grid per embedding dimension
 (``adaround.RESIDUAL_GRID``); with the chosen rule the script also scores them per tensor. The JSON holds every
-score, the rule with the best validation NDCG@10 per method, each activation point's range c under each rule (from
-the DoReFa models), and for the point with the heaviest tail (largest abs-max over 99.99th percentile) a histogram
-of |x| at real positions, for the notebooks' picture; also the machine and the command.
-``sasrec_nb.quant.ranges.DEFAULT`` records the choice.
+score, the rule with the best validation NDCG@10 per method (``best``) and its paired difference, user by user,
+to the rule in use (``sasrec_nb.quant.ranges.DEFAULT``) with a 95 % interval. A rule replaces the one in use only
+when that interval lies above zero (``chosen``): a lead within the noise of the validation users does not justify
+redoing every run that uses the rule. Also each activation point's range c under each rule (from the DoReFa
+models), and for the point with the heaviest tail (largest abs-max over 99.99th percentile) a histogram of |x| at
+real positions, for the notebooks' picture; the FP32 weights' digest, the machine and the command.
 """
 from __future__ import annotations
 
@@ -25,12 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sasrec_nb import files  # noqa: E402
+from sasrec_nb import files, metrics  # noqa: E402
 from sasrec_nb.config import get_profile  # noqa: E402
-from sasrec_nb.experiments import dataset_label, starting_point  # noqa: E402
+from sasrec_nb.experiments import dataset_label, starting_point, weights_digest  # noqa: E402
 from sasrec_nb.machine import machine_info  # noqa: E402
 from sasrec_nb.quant import adaround, calibrate_activations, capture_inputs, quantize_model, quantizers  # noqa: E402
-from sasrec_nb.quant.ranges import RULES  # noqa: E402
+from sasrec_nb.quant.ranges import DEFAULT, RULES  # noqa: E402
 from sasrec_nb.training import evaluate  # noqa: E402
 
 METHODS = ("dorefa", "adaround")
@@ -72,9 +74,10 @@ def main() -> int:
     split, fp32, calib = starting_point(profile)
     fp32_valid = evaluate(fp32, split.valid, profile.eval_batch_size)["full"]["ndcg@10"]
     scores: dict[str, dict[str, float]] = {}
+    per_user: dict[str, dict[str, torch.Tensor]] = {}
     clip: dict[str, dict[str, float]] = {}
     for method in METHODS:
-        scores[method] = {}
+        scores[method], per_user[method] = {}, {}
         for rule in RULES:
             started = time.perf_counter()
             model = build(method, rule, fp32, calib, profile)
@@ -82,11 +85,15 @@ def main() -> int:
                 clip[rule] = {n: q.scale.item() for n, q in quantizers(model, "act").items()}
                 if rule == "absmax":
                     absmax_model = model
-            ndcg = evaluate(model, split.valid, profile.eval_batch_size)["full"]["ndcg@10"]
+            valid = evaluate(model, split.valid, profile.eval_batch_size, per_user=True)
+            ndcg = valid["full"]["ndcg@10"]
             scores[method][rule] = ndcg
+            per_user[method][rule] = valid["per_user_ndcg@10"]["full"]
             print(f"{method:9s} {rule:10s} valid NDCG@10 {ndcg:.4f} ({100 * ndcg / fp32_valid:.1f} % of FP32)"
                   f"  {time.perf_counter() - started:.0f} s", flush=True)
-    chosen = {m: max(s, key=s.get) for m, s in scores.items()}
+    best = {m: max(s, key=s.get) for m, s in scores.items()}
+    lead = {m: metrics.paired_difference(per_user[m][DEFAULT[m]], per_user[m][best[m]]) for m in METHODS}
+    chosen = {m: best[m] if lead[m]["ci95_low"] > 0 else DEFAULT[m] for m in METHODS}
     residual = {adaround.RESIDUAL_GRID: scores["adaround"][chosen["adaround"]]}
     for grid in adaround.RESIDUAL_GRIDS:
         if grid not in residual:
@@ -98,9 +105,10 @@ def main() -> int:
     out = {
         "what": "validation NDCG@10 (full ranking) of W8A8 models whose activation grids are fixed by each range "
                 "rule, before any training (DoReFa: quantize + calibrate; AdaRound: its post-training procedure)",
-        "profile": profile.name, "dataset": dataset_label(profile.dataset), "n_users": len(split.valid),
+        "profile": profile.name, "dataset": dataset_label(profile.dataset),
+        "fp32_digest": weights_digest(fp32.state_dict()), "n_users": len(split.valid),
         "fp32_valid_ndcg@10": fp32_valid, "valid_ndcg@10": scores,
-        "chosen": chosen,
+        "best": best, "in_use": {m: DEFAULT[m] for m in METHODS}, "best_minus_in_use": lead, "chosen": chosen,
         "adaround_residual_grid": {"rule": chosen["adaround"], "default": adaround.RESIDUAL_GRID,
                                    "valid_ndcg@10": residual},
         "range_c": clip,

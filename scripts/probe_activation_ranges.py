@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from sasrec_nb import files  # noqa: E402
 
 from sasrec_nb.config import get_profile  # noqa: E402
-from sasrec_nb.experiments import dataset_label, starting_point  # noqa: E402
+from sasrec_nb.experiments import dataset_label, starting_point, weights_digest  # noqa: E402
 from sasrec_nb.trace import abs_range  # noqa: E402
 from sasrec_nb.machine import machine_info  # noqa: E402
 from sasrec_nb.quant import calibrate_activations, capture_inputs, quantize_model, quantizers  # noqa: E402
@@ -108,7 +108,8 @@ def main(argv: list[str]) -> int:
         print(f"{name}: full NDCG@10 {test[name]['full']['ndcg@10']:.4f}", flush=True)
     out = {
         "what": "activation ranges of the FP32 model at each quantization point, and the cost of fixed abs-max grids",
-        "profile": profile.name, "dataset": dataset_label(profile.dataset), "bits": BITS,
+        "profile": profile.name, "dataset": dataset_label(profile.dataset),
+        "fp32_digest": weights_digest(fp32.state_dict()), "bits": BITS,
         "calibration_sequences": len(calib),
         "positions": "p99, p999, max: real items only (as calibration sees them)",
         "points": points, "heaviest_tail": heaviest, "test": test,

@@ -102,3 +102,18 @@ def test_kept_epochs_counts_each_runs_best_epoch(table):
                                                "epoch was epoch 1 in 2 and epoch 3 in 2.")
     with pytest.raises(ValueError, match="no run of 'apot'"):
         report.kept_epochs(runs, "apot")
+
+
+def test_target_check_reads_the_best_qat_mean_and_every_seed_against_abs_max(table):
+    summary = report.seed_summary(table)
+    checks = report.target_check(summary, {"W2E2A8": 93.0, "W4E4A4": 97.0})
+    w2 = checks.loc["W2E2A8"]
+    assert w2["best"] == "pact" and w2["best %"] == pytest.approx(93.75) and w2["met"]
+    assert w2["every QAT above rtn_absmax"] is False  # one LSQ seed's interval against abs-max contains zero
+    assert not checks.loc["W4E4A4", "ran"]
+    text = report.target_text(checks)
+    assert "- **W2E2A8** (best QAT ≥ 93 % of FP32): highest QAT mean pact 93.8 %, seeds 92.5–95.0; met." in text
+    assert text.endswith("- **W4E4A4** (best QAT ≥ 97 % of FP32): not run.")
+    assert "excluding zero: **missed**." in text
+    missed = report.target_text(report.target_check(summary, {"W2E2A8": 95.0}))
+    assert "**missed** by 1.2 points" in missed
