@@ -1,8 +1,9 @@
 """Test-session environment, inherited by every notebook kernel that nbval starts.
 
 ``pytest notebooks/ --one-thread`` is the second pass of the README's test command: every notebook kernel
-runs on one CPU thread and trains its runs afresh in a temporary checkpoint folder, so float sums happen in
-another order (as on another CPU) and every compared output must still match.
+runs on one CPU thread and trains its runs afresh in a temporary checkpoint folder (from the committed FP32 weights
+of record, as every run of the course starts), so float sums happen in another order (as on another CPU) and every
+compared output must still match.
 """
 import os
 import shutil
@@ -16,8 +17,8 @@ os.environ.pop("SASREC_NB_DATASET", None)
 
 def pytest_addoption(parser):
     parser.addoption("--one-thread", action="store_true",
-                     help="run notebook kernels on one CPU thread, training every run afresh in a temporary "
-                          "checkpoint folder (the second pass of the README's test command)")
+                     help="run notebook kernels on one CPU thread, training every quantized run afresh in a "
+                          "temporary checkpoint folder (the second pass of the README's test command)")
 
 
 def pytest_configure(config):

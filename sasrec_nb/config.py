@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, replace
+from dataclasses import fields as fields_of
 from pathlib import Path
 
 import torch
@@ -93,6 +94,7 @@ class Profile:
     qat_lr: float = 5e-5
     qat_windows: str = "last"  # training windows QAT fine-tunes on (a few epochs: the most recent suffice)
     quant_lr: float = 1e-2     # relative step of quantizer parameters per Adam update (see quant.param_groups)
+    qat_distill: float = 0.0   # weight α of distillation from the FP32 model in the QAT loss (losses.py); 0: none
     weight_bits: int = 8
     act_bits: int = 8
     embed_bits: int = 8
@@ -105,7 +107,8 @@ class Profile:
     num_negatives: int = 100
     progress: bool = False     # tqdm bars (off in the quick profile: stable notebook outputs)
     # commit the FP32 weights with the results (results/<dataset>/<profile>/fp32.pt): FP32 training differs between
-    # CPUs, so a grid that takes several sessions (on several machines) can only start from one FP32 model this way
+    # CPUs, so a grid that takes several sessions (on several machines), and notebooks executed on another machine
+    # than the grid, can only start from one FP32 model this way
     fp32_of_record: bool = False
 
     def __post_init__(self) -> None:
@@ -123,6 +126,9 @@ class Profile:
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
                 raise ValueError(f"profile {self.name!r}: {name} must be a whole number of bits (1 to 16), "
                                  f"got {value!r}")
+        if not 0.0 <= self.qat_distill <= 1.0:
+            raise ValueError(f"profile {self.name!r}: qat_distill (the distillation weight) must lie in [0, 1], "
+                             f"got {self.qat_distill!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"profile {self.name!r}: dropout must lie in [0, 1), got {self.dropout!r}")
         for name in ("lr", "qat_lr", "quant_lr", "adaround_lr", "weight_decay", "min_delta"):
@@ -141,7 +147,8 @@ class Profile:
 FP32_FIELDS = ("dataset", "embed_dim", "num_heads", "num_blocks", "max_len", "dropout", "residual", "lr",
                "batch_size", "epochs", "patience", "min_delta", "eval_every", "weight_decay", "lr_schedule",
                "loss", "train_windows", "seed")
-QAT_FIELDS = (*FP32_FIELDS, "qat_epochs", "qat_lr", "qat_windows", "quant_lr", "embed_bits", "calib_sequences")
+QAT_FIELDS = (*FP32_FIELDS, "qat_epochs", "qat_lr", "qat_windows", "quant_lr", "qat_distill", "embed_bits",
+              "calib_sequences")
 ADAROUND_FIELDS = (*FP32_FIELDS, "adaround_iters", "adaround_lr", "embed_bits", "calib_sequences")
 PTQ_FIELDS = (*FP32_FIELDS, "embed_bits", "calib_sequences")
 
@@ -155,10 +162,12 @@ def run_fields(method: str) -> tuple[str, ...]:
 
 
 def changed_settings(saved: dict, profile: Profile, fields: tuple[str, ...]) -> list[str]:
-    """``"field: old -> new"`` for each of ``fields`` where the recorded settings ``saved`` differ from ``profile``."""
-    now = profile.to_dict()
+    """``"field: old -> new"`` for each of ``fields`` where the recorded settings ``saved`` differ from ``profile``.
+    A setting added after a run was recorded counts as its default (the behaviour the run had): a run recorded
+    before ``qat_distill`` existed trained without distillation."""
+    now, default = profile.to_dict(), {f.name: f.default for f in fields_of(Profile)}
     return [f"{k}: {saved[k]!r} -> {now[k]!r}" if k in saved else f"{k}: not recorded -> {now[k]!r}"
-            for k in fields if saved.get(k, ...) != now[k]]
+            for k in fields if saved.get(k, default.get(k, ...)) != now[k]]
 
 
 #: QAT length and rate are chosen on validation (``scripts/sweep_qat_length.py``, results/sweeps/qat_length_*.json).
@@ -168,7 +177,7 @@ def changed_settings(saved: dict, profile: Profile, fields: tuple[str, ...]) -> 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(name="quick", dataset="ml-100k", embed_dim=128, num_heads=4, num_blocks=2, max_len=50,
                      dropout=0.2, lr=3e-3, batch_size=64, epochs=12, patience=100, eval_every=2,
-                     lr_schedule="cosine", train_windows="all", qat_lr=2e-4),
+                     lr_schedule="cosine", train_windows="all", qat_lr=2e-4, fp32_of_record=True),
     "full": Profile(name="full", dataset="ml-1m-sasrec-trunc2", embed_dim=50, num_heads=1, num_blocks=2,
                     max_len=200, dropout=0.2, lr=1e-3, batch_size=128, epochs=200, patience=10, eval_every=2,
                     min_delta=5e-4, train_windows="all", residual="port", qat_epochs=6, qat_lr=3e-4,

@@ -209,22 +209,26 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
             q.initialized.fill_(True)
         load_into(qmodel, ckpt["state_dict"], str(shown(path)))
         return qmodel.eval(), ckpt["meta"].get("history", {})
-    history = train_qat(qmodel, split, profile if seed is None else replace(profile, seed=seed), calib)
+    history = train_qat(qmodel, split, profile if seed is None else replace(profile, seed=seed), calib, fp32)
     save_checkpoint(path, qmodel, {"profile": profile.to_dict(), "history": history, "start": start})
     files.write_json(path.with_suffix(".json"), history)
     return qmodel.eval(), history
 
 
-def train_qat(qmodel: nn.Module, split: Split, profile: Profile, calib) -> dict:
+def train_qat(qmodel: nn.Module, split: Split, profile: Profile, calib, fp32: nn.Module | None = None) -> dict:
     """Calibrate the activation grids of a freshly quantized model, then fine-tune it with the task loss
-    (``qat_epochs`` at ``qat_lr``, cosine decay, quantizer parameters in groups of their own); the history holds
-    ``quantizer_scales`` and ``quantizer_stats`` per epoch. The model keeps its best-validation epoch."""
+    (``qat_epochs`` at ``qat_lr``, cosine decay, quantizer parameters in groups of their own), distilled from the
+    ``fp32`` model it started from when ``profile.qat_distill`` > 0; the history holds ``quantizer_scales`` and
+    ``quantizer_stats`` per epoch. The model keeps its best-validation epoch."""
+    if profile.qat_distill > 0 and fp32 is None:
+        raise ValueError(f"qat_distill {profile.qat_distill} needs the FP32 model the run starts from (fp32=...)")
     calibrate_activations(qmodel, calib.split(256))
     trace = QuantizerTrace(qmodel, calib[:128])
     groups = param_groups(qmodel, profile.qat_lr, profile.weight_decay, profile.quant_lr)
     history = fit(qmodel, split, profile, epochs=profile.qat_epochs, lr=profile.qat_lr,
                   param_groups=groups, eval_every=1, patience=max(2, profile.patience), schedule="cosine",
-                  windows=profile.qat_windows, on_epoch=trace)
+                  windows=profile.qat_windows, on_epoch=trace,
+                  teacher=fp32 if profile.qat_distill > 0 else None, distill=profile.qat_distill)
     history["quantizer_scales"], history["quantizer_stats"] = trace.scales, trace.stats
     return history
 

@@ -29,13 +29,23 @@ def seed_everything(seed: int) -> None:
 
 
 def sequence_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: str = "ce",
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Mean next-item loss over the labelled positions (target != 0)."""
+                  generator: torch.Generator | None = None, teacher: nn.Module | None = None,
+                  distill: float = 0.0) -> torch.Tensor:
+    """Mean next-item loss over the labelled positions (target != 0); with a ``teacher`` (in eval mode) and weight
+    ``distill``, the softmax loss is distilled from the teacher's scores of the same positions
+    (:func:`sasrec_nb.losses.softmax_cross_entropy`)."""
     hidden = model(inputs)
     labelled = targets > 0
     h, t = hidden[labelled], targets[labelled]
     if loss == "ce":
-        return softmax_cross_entropy(model.head_input(h), model.item_table()[1:], t - 1)  # = CE of model.logits(h)
+        soft = None
+        if teacher is not None:
+            with torch.no_grad():
+                soft = teacher.head_input(teacher(inputs)[labelled]), teacher.item_table()[1:]
+        return softmax_cross_entropy(model.head_input(h), model.item_table()[1:], t - 1,  # = CE of model.logits(h)
+                                     teacher=soft, alpha=distill if soft is not None else 0.0)
+    if teacher is not None:
+        raise ValueError("distillation is defined for the softmax loss ('ce'), not the sampled one ('bce')")
     if loss == "bce":
         neg = torch.randint(1, model.num_items + 1, t.shape, generator=generator).to(t.device)
         seen = (neg[:, None] == inputs[labelled.nonzero()[:, 0]]).any(1) | (neg == t)
@@ -134,13 +144,16 @@ def fit(
     windows: str | None = None,
     on_epoch=None,
     resume: Path | None = None,
+    teacher: nn.Module | None = None,
+    distill: float = 0.0,
 ) -> dict:
     """Train ``model`` on ``split.train``; returns the history and leaves the best weights loaded.
 
     ``param_groups`` (e.g. from :func:`sasrec_nb.quant.param_groups`) replace the single group, so QAT
     can give quantizer parameters their own learning rate; ``schedule`` and ``windows`` override the
     profile's (QAT fine-tunes with a cosine decay, on ``profile.qat_windows``). ``on_epoch(epoch, model)``
-    is called after every epoch (QAT notebooks record scales there).
+    is called after every epoch (QAT notebooks record scales there). With a ``teacher`` (the FP32 model a QAT run
+    starts from) the loss is distilled from its scores with weight ``distill`` (:func:`sequence_loss`).
 
     With ``resume`` (a file path) the whole training state is saved there after every validation and a run
     that finds the file continues from it, reaching exactly the weights and history of an uninterrupted run
@@ -157,6 +170,10 @@ def fit(
         allowed = CHOICES["lr_schedule" if name == "schedule" else "train_windows"]
         if value is not None and value not in allowed:
             raise ValueError(f"fit: {name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    if (teacher is None) != (distill == 0.0):
+        raise ValueError(f"fit: distillation needs a teacher and a weight in (0, 1], got {distill!r}")
+    if teacher is not None:
+        teacher.eval()
     dev = next(model.parameters()).device
     seed_everything(profile.seed)
     loader = train_loader(split, profile.batch_size, profile.seed, windows or profile.train_windows)
@@ -189,7 +206,7 @@ def fit(
         t0, total, steps = time.perf_counter(), 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress)
         for inputs, targets in bar:
-            loss = sequence_loss(model, inputs.to(dev), targets.to(dev), profile.loss, gen)
+            loss = sequence_loss(model, inputs.to(dev), targets.to(dev), profile.loss, gen, teacher, distill)
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -12,7 +12,7 @@ are CPU builds), then the course with its test tools (``pip install -e ".[dev]"`
 --torch-index pypi``).
 
 The tests are the README's two commands: ``pytest`` (unit tests, then every notebook under nbval), then
-``pytest notebooks/ --one-thread`` (the notebooks again on one CPU thread, retrained from scratch in a fresh
+``pytest notebooks/ --one-thread`` (the notebooks again on one CPU thread, quantized runs retrained in a fresh
 cache: float sums in another order, as on another CPU). It fails if the tests changed a tracked file.
 """
 from __future__ import annotations

@@ -3,8 +3,9 @@
     python scripts/sweep_qat_length.py --profile quick --out results/sweeps/qat_length_quick.json
 
 At 8 bits the kept (best-validation) QAT epoch is often the first or second; at low bits the runs may still be
-improving when the budget ends. For each method, setting (weights and tables at ``--bits``, activations at 8) and
-(epochs, learning rate) pair this fine-tunes from the profile's FP32 checkpoint as ``snb.qat_model`` does (cosine
+improving when the budget ends. For each method, setting (weights and tables at ``--bits``, activations at 8; the
+tables at ``--embed-bits`` instead, to tell the weights' share of the loss from the tables') and (epochs, learning
+rate, training windows) this fine-tunes from the profile's FP32 checkpoint as ``snb.qat_model`` does (cosine
 decay over the whole run, best-validation epoch kept) and records validation NDCG@10 per epoch (full ranking; the
 test split is never used). The JSON holds every curve, the pair with the best mean validation over the methods, and
 the machine; ``sasrec_nb.config`` states the choice.
@@ -15,6 +16,8 @@ import argparse
 import sys
 import time
 from dataclasses import replace
+from itertools import product
+from statistics import mean
 from pathlib import Path
 
 import torch
@@ -27,6 +30,14 @@ from sasrec_nb.config import get_profile  # noqa: E402
 from sasrec_nb.experiments import dataset_label, starting_point, train_qat  # noqa: E402
 from sasrec_nb.machine import machine_info  # noqa: E402
 from sasrec_nb.quant import quantize_model  # noqa: E402
+from sasrec_nb.training import evaluate  # noqa: E402
+
+
+def label(epochs: int, lr: float, windows: str, distill: float, profile) -> str:
+    """The key of one (length, rate, windows, distillation) setting; the profile's own windows and distillation
+    are left out of it."""
+    return (f"{epochs} epochs, lr {lr:g}" + ("" if windows == profile.qat_windows else f", {windows} windows")
+            + ("" if distill == profile.qat_distill else f", distillation {distill:g}"))
 
 
 def main() -> int:
@@ -34,34 +45,43 @@ def main() -> int:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--methods", nargs="+", default=["lsq", "pact", "ste"])
     parser.add_argument("--bits", type=int, nargs="+", default=[2, 4], help="weights and tables (activations 8)")
+    parser.add_argument("--embed-bits", type=int, default=None,
+                        help="tables at this width instead of --bits (to tell the weights' loss from the tables')")
+    parser.add_argument("--windows", nargs="+", default=None, choices=("last", "all"),
+                        help="training windows QAT fine-tunes on (default: the profile's qat_windows)")
     parser.add_argument("--epochs", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--lr", type=float, nargs="+", default=None, help="QAT learning rates (default: profile's)")
+    parser.add_argument("--distill", type=float, nargs="+", default=None,
+                        help="weights α of distillation from the FP32 model (default: the profile's qat_distill)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     base = get_profile(args.profile)
     rates = args.lr or [base.qat_lr]
+    windows = args.windows or [base.qat_windows]
+    distill = args.distill or [base.qat_distill]
     split, fp32, calib = starting_point(base)
     runs = []
     for bits in args.bits:
-        profile = replace(base, embed_bits=bits)
-        for method in args.methods:
-            for epochs in args.epochs:
-                for lr in rates:
-                    started = time.perf_counter()
-                    qmodel = quantize_model(fp32, method, bits, 8, bits)
-                    history = train_qat(qmodel, split, replace(profile, qat_epochs=epochs, qat_lr=lr), calib)
-                    curve = [e["ndcg@10"] for e in history["epochs"]]
-                    runs.append({"method": method, "bits": bits, "epochs": epochs, "qat_lr": lr,
-                                 "valid_ndcg@10": curve, "best_epoch": history["best_epoch"],
-                                 "seconds": round(time.perf_counter() - started, 1)})
-                    print(f"{method} W{bits}E{bits}A8, {epochs} epochs at {lr:g}: best valid {max(curve):.4f} at "
-                          f"epoch {history['best_epoch']}", flush=True)
-    pairs = sorted({(r["epochs"], r["qat_lr"]) for r in runs})
-    mean_best = {f"{e} epochs, lr {lr:g}": sum(max(r["valid_ndcg@10"]) for r in runs
-                                               if (r["epochs"], r["qat_lr"]) == (e, lr)) /
-                 sum(1 for r in runs if (r["epochs"], r["qat_lr"]) == (e, lr)) for e, lr in pairs}
+        table = bits if args.embed_bits is None else args.embed_bits
+        profile = replace(base, embed_bits=table)
+        for method, epochs, lr, window, alpha in product(args.methods, args.epochs, rates, windows, distill):
+            started = time.perf_counter()
+            qmodel = quantize_model(fp32, method, bits, 8, table)
+            history = train_qat(qmodel, split, replace(profile, qat_epochs=epochs, qat_lr=lr, qat_windows=window,
+                                                       qat_distill=alpha), calib, fp32)
+            curve = [e["ndcg@10"] for e in history["epochs"]]
+            runs.append({"method": method, "bits": bits, "embed_bits": table, "epochs": epochs, "qat_lr": lr,
+                         "windows": window, "distill": alpha, "valid_ndcg@10": curve,
+                         "best_epoch": history["best_epoch"], "seconds": round(time.perf_counter() - started, 1)})
+            print(f"{method} W{bits}E{table}A8, {epochs} epochs at {lr:g} on {window} windows, distillation "
+                  f"{alpha:g}: best valid {max(curve):.4f} at epoch {history['best_epoch']}", flush=True)
+    keys = ("epochs", "qat_lr", "windows", "distill")
+    settings = sorted({tuple(r[k] for k in keys) for r in runs})
+    mean_best = {label(*s, base): mean(max(r["valid_ndcg@10"]) for r in runs if tuple(r[k] for k in keys) == s)
+                 for s in settings}
     out = {"what": "validation NDCG@10 per QAT epoch, by method, bit width, QAT length and rate",
-           "profile": base.name, "dataset": dataset_label(base.dataset), "runs": runs,
+           "profile": base.name, "dataset": dataset_label(base.dataset),
+           "fp32_valid_ndcg@10": evaluate(fp32, split.valid, base.eval_batch_size)["full"]["ndcg@10"], "runs": runs,
            "mean_best_valid_ndcg@10": mean_best, "best_on_validation": max(mean_best, key=mean_best.get),
            "machine": machine_info(torch.get_num_threads())}
     files.write_json(Path(args.out), out)

@@ -53,3 +53,38 @@ def test_bad_shapes_and_empty_batches_are_refused():
         softmax_cross_entropy(hidden, table, targets[:5])
     with pytest.raises(ValueError, match="no labelled positions"):
         softmax_cross_entropy(hidden[:0], table, targets[:0])
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.5, 1.0])
+@pytest.mark.parametrize("chunk", [1, 5, 256])
+def test_distillation_is_cross_entropy_to_the_mixed_target(alpha, chunk):
+    """PyTorch's cross_entropy with class probabilities as the target, q = (1 − α)·onehot + α·softmax(teacher)."""
+    hidden, table, targets = inputs()
+    t_hidden, t_table, _ = inputs(d=5, seed=1)  # a teacher of another width
+    q = (1 - alpha) * F.one_hot(targets, table.shape[0]).double() + alpha * torch.softmax(
+        t_hidden.detach() @ t_table.detach().T, -1)
+    want = F.cross_entropy(hidden @ table.T, q)
+    want_grads = torch.autograd.grad(want * 3.0, (hidden, table))
+    got = softmax_cross_entropy(hidden, table, targets, chunk=chunk, teacher=(t_hidden, t_table), alpha=alpha)
+    got_grads = torch.autograd.grad(got * 3.0, (hidden, table))
+    assert torch.allclose(got, want, rtol=1e-12)
+    for g, w in zip(got_grads, want_grads):
+        assert torch.allclose(g, w, rtol=1e-10, atol=1e-12)
+    assert t_hidden.grad is None and t_table.grad is None  # the teacher is not trained
+
+
+def test_distillation_at_alpha_one_is_zero_gradient_when_student_equals_teacher():
+    hidden, table, targets = inputs()
+    loss = softmax_cross_entropy(hidden, table, targets, teacher=(hidden, table), alpha=1.0)
+    grads = torch.autograd.grad(loss, (hidden, table))
+    assert all(torch.allclose(g, torch.zeros_like(g), atol=1e-12) for g in grads)
+
+
+def test_distillation_settings_are_checked():
+    hidden, table, targets = inputs()
+    with pytest.raises(ValueError, match="needs a teacher"):
+        softmax_cross_entropy(hidden, table, targets, alpha=0.5)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        softmax_cross_entropy(hidden, table, targets, teacher=(hidden, table), alpha=1.5)
+    with pytest.raises(ValueError, match="same 37 positions"):
+        softmax_cross_entropy(hidden, table, targets, teacher=(hidden[:5], table), alpha=0.5)

@@ -134,6 +134,34 @@ def test_sequence_loss_ce_is_the_mean_over_labelled_positions(split):
         T.sequence_loss(model, inputs, targets, "mse")
 
 
+def test_sequence_loss_distils_from_the_teachers_scores_of_the_same_positions(split):
+    """Distillation (α = 0.3): cross-entropy to (1 − α)·onehot + α·softmax(teacher logits), PyTorch's soft-target
+    cross_entropy at the labelled positions; a teacher identical to the student leaves the task loss scaled by 1 − α
+    plus α times the student's own entropy."""
+    model, teacher = new_model(split, dropout=0.0).eval(), new_model(split, seed=1, dropout=0.0).eval()
+    inputs = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5]])
+    targets = torch.tensor([[0, 0, 4, 5, 6], [2, 3, 4, 5, 6]])
+    got = T.sequence_loss(model, inputs, targets, "ce", teacher=teacher, distill=0.3)
+    labelled = targets > 0
+    logits = model.logits(model(inputs))[labelled]
+    with torch.no_grad():
+        soft = torch.softmax(teacher.logits(teacher(inputs))[labelled], -1)
+    target = 0.7 * F.one_hot(targets[labelled] - 1, logits.shape[-1]).float() + 0.3 * soft
+    assert torch.allclose(got, F.cross_entropy(logits, target), rtol=1e-5)
+    with pytest.raises(ValueError, match="softmax loss"):
+        T.sequence_loss(model, inputs, targets, "bce", torch.Generator(), teacher=teacher, distill=0.3)
+
+
+def test_fit_with_a_teacher_trains_and_checks_its_weight(split):
+    teacher = new_model(split, seed=1)
+    history = T.fit(new_model(split), split, PROFILE, epochs=2, eval_every=2, teacher=teacher, distill=0.5)
+    assert all(math.isfinite(r["train_loss"]) for r in history["epochs"])
+    with pytest.raises(ValueError, match="distillation needs a teacher"):
+        T.fit(new_model(split), split, PROFILE, epochs=1, distill=0.5)
+    with pytest.raises(ValueError, match="qat_distill"):
+        get_profile("quick", qat_distill=1.5)
+
+
 def fake_evaluate(values):
     """An ``evaluate`` whose validation NDCG@10 follows ``values``, one per call."""
     it = iter(values)
@@ -341,3 +369,14 @@ def test_a_training_state_of_other_settings_is_refused(split, tmp_path):
     state.write_bytes(b"cut")
     with pytest.raises(RuntimeError, match="not a readable training state.*delete it"):
         T.fit(new_model(split), split, PROFILE, epochs=4, eval_every=1, resume=state)
+
+
+def test_a_setting_added_after_a_run_was_recorded_counts_as_its_default():
+    from sasrec_nb.config import QAT_FIELDS, changed_settings
+
+    profile = get_profile("quick")
+    saved = {k: getattr(profile, k) for k in QAT_FIELDS if k != "qat_distill"}  # recorded before distillation existed
+    assert changed_settings(saved, profile, QAT_FIELDS) == []
+    assert changed_settings(saved, replace(profile, qat_distill=0.5), QAT_FIELDS) == ["qat_distill: not recorded -> 0.5"]
+    del saved["qat_lr"]  # quick's rate is not the default: a run that did not record it is stale
+    assert changed_settings(saved, profile, QAT_FIELDS) == [f"qat_lr: not recorded -> {profile.qat_lr!r}"]
