@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
+from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -22,6 +24,21 @@ sns.set_theme(style="whitegrid", context="notebook", palette=PALETTE)
 def _fig(width: float = 7.0, height: float = 3.6, ncols: int = 1):
     fig, axes = plt.subplots(1, ncols, figsize=(width, height), layout="constrained")
     return fig, axes
+
+
+def _legend_below(ax: Axes, ncol: int = 2, **kwargs) -> None:
+    """``ax``'s legend under its x label, outside the data (constrained layout makes room for it)."""
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=ncol, **kwargs)
+
+
+def _plain_log_ticks(axis: Axis, lo: float, hi: float) -> None:
+    """Label a log ``axis`` with plain numbers (0.15, 2, 40) at 1-1.5-2-3-4-5-7 × 10^k inside [lo, hi], at most
+    eight: no "4×10⁰" and no unlabelled stretch."""
+    decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    ticks = [m * 10.0 ** k for k in decades for m in (1, 1.5, 2, 3, 4, 5, 7) if lo <= m * 10.0 ** k <= hi]
+    ticks = ticks[:: int(np.ceil(len(ticks) / 8))] if ticks else [lo, hi]
+    axis.set_ticks(ticks, [f"{t:.3g}" for t in ticks])
+    axis.set_minor_formatter(mticker.NullFormatter())
 
 
 # -- data (notebook 01) ------------------------------------------------------------------------------
@@ -185,9 +202,9 @@ def code_changes(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.T
 def scale_trajectories(scales: Mapping[str, Sequence[float]], title: str, relative: bool = True,
                        best_epoch: int | None = None):
     """Each quantizer's scale (or α) per epoch, divided by its initial value: every quantizer of a role as a thin grey
-    line, their median in black, and the two that moved most named at their end (no legend to decode); a dashed line
-    marks ``best_epoch``, the epoch whose weights QAT keeps."""
-    fig, axes = _fig(10, 3.6, 2)
+    line, their median in black, and the two that moved most in colour, named in the legend under each panel; a
+    dashed line marks ``best_epoch``, the epoch whose weights QAT keeps."""
+    fig, axes = _fig(10, 4.6, 2)
     for ax, role in zip(axes, ("weight", "act")):
         names = [n for n in scales if ("weight_quantizer" in n) == (role == "weight")]
         curves = {n: np.asarray(scales[n], dtype=float) / (scales[n][0] if relative else 1.0) for n in names}
@@ -206,7 +223,7 @@ def scale_trajectories(scales: Mapping[str, Sequence[float]], title: str, relati
         _mark_kept(ax, best_epoch)
         ax.set(xlabel="epoch (0 = after calibration)", ylabel="s(t) / s(0)" if relative else "value",
                title=f"{len(curves)} {'weight' if role == 'weight' else 'activation'} quantizers", xticks=epochs)
-        ax.legend(fontsize=8, title="the two that moved most in colour", title_fontsize=8)
+        _legend_below(ax, title="the two that moved most in colour", title_fontsize=8)
     fig.suptitle(title)
     return fig
 
@@ -217,19 +234,25 @@ def clip_trajectories(history: Mapping, suffix: str = "ffn.fc2.input_quantizer",
     line marks the epoch QAT keeps (``history["best_epoch"]``)."""
     stats = history["quantizer_stats"]
     names = [n for n in stats if n.endswith(suffix)]
-    fig, axes = _fig(10, 3.4, len(names) + 1)
+    fig, axes = _fig(10, 4.2, len(names) + 1)
     for ax, name in zip(axes, names):
         epochs = np.arange(len(stats[name]))
         _mark_kept(ax, history.get("best_epoch"))
         ax.plot(epochs, history["quantizer_scales"][name], "o-", color="k", label="α")
-        for key, style, color in (("p99", ":", PALETTE[2]), ("p999", "--", PALETTE[0]), ("max", "-.", PALETTE[1])):
-            ax.plot(epochs, [s[key] for s in stats[name]], style, color=color, label=key)
-        ax.set(title=name.replace(".input_quantizer", " input"), xlabel="epoch (0: calibration)", yscale="log")
-        ax.legend(fontsize=8)
+        for key, label, style, color in (("p99", "99th pct. |x|", ":", PALETTE[2]),
+                                         ("p999", "99.9th pct. |x|", "--", PALETTE[0]),
+                                         ("max", "max |x|", "-.", PALETTE[1])):
+            ax.plot(epochs, [s[key] for s in stats[name]], style, color=color, label=label)
+        ax.set(title=name.replace(".input_quantizer", " input"), xlabel="epoch (0: calibration)", yscale="log",
+               ylabel="α and |x| (log scale)", xticks=epochs)
+        _plain_log_ticks(ax.yaxis, *ax.get_ylim())
+    _legend_below(axes[0])  # the same lines in every α panel: one legend
     for k, name in enumerate(names):
-        axes[-1].plot([100 * s["clipped"] for s in stats[name]], "o-", color=PALETTE[k], label=name.split(".")[1])
-    axes[-1].set(title="% of values clipped (x ≥ α)", xlabel="epoch (0: calibration)")
-    axes[-1].legend(fontsize=8)
+        axes[-1].plot([100 * s["clipped"] for s in stats[name]], "o-", color=PALETTE[k],
+                      label=f"block {name.split('.')[1]}")
+    axes[-1].set(title="values clipped (x ≥ α)", xlabel="epoch (0: calibration)", ylabel="% of values",
+                 xticks=epochs)
+    _legend_below(axes[-1])
     fig.suptitle(title)
     return fig
 
@@ -237,7 +260,7 @@ def clip_trajectories(history: Mapping, suffix: str = "ffn.fc2.input_quantizer",
 def alpha_sweep(sweep: Mapping, title: str):
     """A PACT sweep (``scripts/sweep_pact_alpha.py``): α per epoch of each setting, for every ReLU-output point (left),
     and the share clipped (right); the legend gives each setting's validation NDCG@10."""
-    fig, (a, b) = _fig(10, 3.6, 2)
+    fig, (a, b) = _fig(10, 4.8, 2)
     for k, (setting, run) in enumerate(sweep["runs"].items()):
         label = ", ".join(f"{key.replace('pact_alpha_', '')} {value:g}" if isinstance(value, float | int) else
                           f"{key.replace('pact_alpha_', '')} {value}" for key, value in json.loads(setting).items())
@@ -246,9 +269,14 @@ def alpha_sweep(sweep: Mapping, title: str):
             a.plot(point["alpha"], style, color=PALETTE[k], label=f"{label} (valid {run['valid_ndcg@10']:.3f})"
                    if j == 0 else None)
             b.plot([100 * c for c in point["clipped"]], style, color=PALETTE[k])
-    a.set(xlabel="epoch (0: calibration)", ylabel="α", yscale="log", title="α of the FFN ReLU outputs (o block 0, s 1)")
-    b.set(xlabel="epoch (0: calibration)", ylabel="% clipped", title="share of values above α")
-    a.legend(fontsize=8)
+    points = [point for run in sweep["runs"].values() for point in run["relu_points"].values()]
+    epochs = np.arange(max(len(point["alpha"]) for point in points))
+    a.set(xlabel="epoch (0: calibration)", ylabel="α (log scale)", yscale="log", xticks=epochs,
+          title="α of the FFN ReLU outputs\n(circles, solid: block 0; squares, dashed: block 1)")
+    b.set(xlabel="epoch (0: calibration)", ylabel="% of values clipped", title="share of values above α",
+          xticks=epochs)
+    a.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.2), title="setting (validation NDCG@10)",
+             title_fontsize=8)
     fig.suptitle(title)
     return fig
 
@@ -271,17 +299,18 @@ def first_gradients(grads: Mapping[str, Mapping[str, float]], title: str):
 
 
 def clipped_fractions(fractions: Mapping[str, float], title: str):
-    """Share of each tensor outside its quantizer's range, in percent of its values (labels to 3 significant digits)."""
+    """Share of each tensor outside its quantizer's range, in percent of its values: each bar labelled to 3
+    significant digits, the label turned upright so that neighbours never overlap."""
     names = list(fractions)
     pct = [100 * fractions[n] for n in names]
-    fig, ax = _fig(10, 3.4)
+    fig, ax = _fig(10, 3.8)
     bars = ax.bar(range(len(names)), pct, color=PALETTE[2])
-    ax.bar_label(bars, labels=["0 %" if v == 0 else f"{v:.3g} %" for v in pct], fontsize=8)
+    ax.bar_label(bars, labels=["0 %" if v == 0 else f"{v:.3g} %" for v in pct], fontsize=8, rotation=90, padding=3)
     ax.set_xticks(range(len(names)), [n.replace("_quantizer", "").replace("blocks.", "b") for n in names],
                   rotation=45, ha="right", fontsize=8)
     ax.set(xlabel="quantizer", ylabel="clipped share, % of values",
            title=title + ("" if any(pct) else " (nothing clipped)"),
-           ylim=(0, max(max(pct) * 1.25, 1e-3)))
+           ylim=(0, max(max(pct) * 1.6, 1e-3)))
     return fig
 
 
@@ -313,10 +342,14 @@ def quality_table(results: Mapping[str, Mapping], fp32: Mapping) -> pd.DataFrame
 
 
 # -- comparison and deployment (notebooks 09-10, README) -----------------------------------------------
-#: one colour and marker per method, the same in every comparison figure (no two orange hues side by side)
-METHOD_STYLE = {"ste": (PALETTE[0], "o"), "lsq": (PALETTE[2], "s"), "pact": (PALETTE[4], "^"),
-                "dorefa": (PALETTE[1], "D"), "apot": (PALETTE[7], "v"), "adaround": ("black", "X"),
-                "rtn_absmax": (PALETTE[3], "x"), "rtn_mse": (PALETTE[5], "P")}
+#: Paul Tol's colour-blind-safe qualitative scheme "bright" (seven hues) and black: one per method
+TOL_BRIGHT = {"blue": "#4477AA", "cyan": "#66CCEE", "green": "#228833", "yellow": "#CCBB44", "red": "#EE6677",
+              "purple": "#AA3377", "grey": "#BBBBBB"}
+#: one colour and marker per method, the same in every comparison figure: no two methods share a hue or a marker
+METHOD_STYLE = {"ste": (TOL_BRIGHT["blue"], "o"), "lsq": (TOL_BRIGHT["green"], "s"),
+                "pact": (TOL_BRIGHT["purple"], "^"), "dorefa": (TOL_BRIGHT["yellow"], "D"),
+                "apot": (TOL_BRIGHT["grey"], "v"), "adaround": ("black", "X"),
+                "rtn_absmax": (TOL_BRIGHT["red"], "x"), "rtn_mse": (TOL_BRIGHT["cyan"], "P")}
 
 
 def _method_style(method: str, k: int) -> tuple:
@@ -354,25 +387,31 @@ def quality_vs_bits(results: pd.DataFrame, title: str = "quality against weight 
 
 
 def against_ptq(table: pd.DataFrame, method: str, title: str = ""):
-    """:func:`report.against_ptq` as a picture: % of FP32 per setting, each post-training row as a marker and
-    ``method`` as a bar with its seed range (min to max)."""
-    fig, ax = _fig(10, 3.6)
+    """:func:`report.against_ptq` as a picture: % of FP32 per setting, ``method`` as its mean with the seed range
+    (min to max) and each post-training row as a marker beside it. Markers, not bars: the y axis starts where the
+    data do, and a bar cut off there would exaggerate every difference."""
+    fig, ax = _fig(10, 4.0)
     x = np.arange(len(table))
     color, marker = _method_style(method, 0)
     mine = table[f"{method} %"].astype(float)
     err = np.stack([mine - table["min %"].astype(float), table["max %"].astype(float) - mine])
-    ax.bar(x - 0.15, mine, width=0.4, color=color, alpha=0.35, yerr=err, capsize=4, label=f"{method} (seed range)")
+    ax.errorbar(x - 0.15, mine, yerr=err, color=color, marker=marker, ms=8, ls="none", lw=2, capsize=4,
+                label=f"{method} (seed range)")
     ptq = [c[:-2] for c in table.columns if c.endswith(" %") and c not in (f"{method} %", "min %", "max %")]
-    for k, p in enumerate(ptq):  # beside the bar, not on its error bar
+    for k, p in enumerate(ptq):  # beside the method, not on its seed range
         c, m = _method_style(p, k + 1)
-        ax.scatter(x + 0.12 + 0.1 * k, table[f"{p} %"].astype(float), color=c, marker=m, s=50, zorder=3, label=p)
+        ax.scatter(x + 0.05 + 0.1 * k, table[f"{p} %"].astype(float), color=c, marker=m, s=50, zorder=3, label=p)
+    for i in x[1:]:
+        ax.axvline(i - 0.5, color="0.85", lw=0.8)
     ax.axhline(100, color="k", ls="--", lw=1, label="FP32")
     values = table[[f"{p} %" for p in ptq] + ["min %", "max %"]].astype(float).to_numpy()
     low, high = float(np.nanmin(values)), float(np.nanmax(values))
-    ax.set(xticks=x, xticklabels=table.index, ylim=(max(0.0, low - 5), max(104.0, high + 2)),
-           ylabel="full NDCG@10, % of FP32",
+    ax.set(xticks=x, xticklabels=table.index, xlim=(-0.5, len(table) - 0.5),
+           xlabel="setting: W = block weights, E = item and position tables, A = activations (bits)",
+           ylim=(max(0.0, low - 5), max(104.0, high + 2)), ylabel="full NDCG@10, % of FP32",
            title=title or f"{method} against post-training quantization on the same grid")
-    ax.legend(fontsize=8, ncol=len(ptq) + 2, loc="lower left")
+    ax.grid(False, axis="x")
+    _legend_below(ax, ncol=len(ptq) + 2)
     return fig
 
 
@@ -403,7 +442,8 @@ def grid_overview(summary: pd.DataFrame, ptq_rows: Sequence[str], title: str = "
 
 def quality_vs_size(summary: pd.DataFrame, title: str = "quality against model size"):
     """Each (setting, method) of :func:`report.seed_summary` at its packed size: mean % of FP32 with the seeds' range
-    as a bar, one colour and marker per method, and the Pareto front (no smaller model keeps more) as a step line."""
+    as a bar, one colour and marker per method, and the Pareto front (no smaller model keeps more) as a step line,
+    each setting on it named once above its best point; plain MB ticks on the log axis, the legend outside."""
     fig, ax = _fig(10, 4.2)
     flat = summary.reset_index()
     for k, (method, rows) in enumerate(flat.groupby("method", sort=False)):
@@ -418,13 +458,19 @@ def quality_vs_size(summary: pd.DataFrame, title: str = "quality against model s
             front.append(row)
     ax.step([r["model MB"] for r in front], [r["% of FP32"] for r in front], where="post", color="0.4", lw=1,
             ls=":", label="Pareto front")
-    for r in front:
-        ax.annotate(r["setting"], (r["model MB"], r["% of FP32"]), textcoords="offset points", xytext=(4, -10),
-                    fontsize=7, color="0.3")
+    tops = {r["setting"]: r for r in front}  # a setting on the front twice (two methods): named at its best
+    for r in tops.values():
+        ax.annotate(f"{r['setting']}\n{r['method']}", (r["model MB"], r["% of FP32"]), textcoords="offset points",
+                    xytext=(0, 14), ha="center", va="bottom", fontsize=8, color="0.2",
+                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.6", "alpha": 0.9},
+                    arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.8})
     ax.axhline(100, color="k", ls="--", lw=1, label="FP32")
-    ax.set(xscale="log", xlabel="model size, MB (codes packed at their bit width, plus scales)",
+    ax.set(xscale="log", xlabel="model size, MB (codes packed at their bit width, plus scales; log scale)",
            ylabel="full NDCG@10, % of FP32 (mean, seed range)", title=title)
-    ax.legend(fontsize=8, ncol=2)
+    low, high = ax.get_ylim()  # room for the names: the highest front point at 78 % of the height
+    ax.set_ylim(top=max(high, low + (max(r["% of FP32"] for r in front) - low) / 0.78))
+    _plain_log_ticks(ax.xaxis, *ax.get_xlim())
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method", title_fontsize=8)
     return fig
 
 
@@ -516,7 +562,7 @@ def int8_speedup(bench: Mapping, shape: str = "quick"):
     catalogue size: head and whole model. Colour = back end, marker = batch size; the log axis keeps the region
     below 1× (INT8 slower) as readable as the region above."""
     rows = [r for r in bench["results"] if r["shape"] == shape]
-    fig, axes = _fig(10, 3.8, 2)
+    fig, axes = _fig(10, 4.4, 2)
     markers = dict(zip(sorted({r["batch"] for r in rows}), ("o", "s", "^", "D")))
     for ax, part in zip(axes, ("head", "model")):
         for backend, color in (("int8_onnx", PALETTE[0]), ("int8_torch", PALETTE[1])):
@@ -533,7 +579,8 @@ def int8_speedup(bench: Mapping, shape: str = "quick"):
         ax.set_yticks([t for t in (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8) if lo <= t <= hi])
         ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}×"))
         ax.yaxis.set_minor_formatter(mticker.NullFormatter())
-    axes[0].legend(fontsize=7)
+    # one legend under both panels (the same lines in each), a column per back end
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8)
     fig.suptitle(f"INT8 speed-up on {bench['machine'].get('threads')} CPU threads ({shape}-profile shape; "
                  "below 1×: INT8 is slower)")
     return fig

@@ -2,17 +2,22 @@
 
     python scripts/execute_notebooks.py                 # every notebook, in order
     python scripts/execute_notebooks.py 04_lsq 05_pact  # some of them (names or paths)
+    python scripts/execute_notebooks.py --cold          # each in an empty checkpoint cache of its own
 
 Runs in the default (quick) profile with the same environment as the test run (see tests/conftest.py:
 PYTHONHASHSEED=0, no MPLBACKEND), kernel ``python3``, then drops per-cell timing metadata and any
 widget state so the committed files hold nothing machine-specific. Prints each notebook's wall time and records
 it, with the CPU, the thread count and whether the quick FP32 model was already cached, in
-``results/notebook_times.json`` (one entry per notebook, replaced when it is run again).
+``results/notebook_times.json`` (one entry per notebook, replaced when it is run again). With ``--cold`` every
+notebook starts from an empty checkpoint cache of its own, as in a fresh clone (the FP32 model is then copied from
+its weights of record, and everything quantized the notebook shows is trained in it): its time is a cold-cache time.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,17 +69,19 @@ def select(args: list[str]) -> list[Path]:
     return chosen
 
 
-def record_time(name: str, seconds: float, fp32_cached: bool) -> None:
+def record_time(name: str, seconds: float, fp32_cached: bool, cold: bool) -> None:
     """Write one notebook's wall time into :data:`TIMES` beside those already there."""
     from sasrec_nb import files
     from sasrec_nb.machine import cpu_model
 
     times = files.read_json(TIMES, "notebook times") if TIMES.exists() else {"notebooks": {}}
     times["what"] = ("wall seconds of each notebook under scripts/execute_notebooks.py (quick profile); fp32_cached: "
-                     "the quick FP32 checkpoint existed before it ran (otherwise the notebook trained it); "
+                     "the quick FP32 checkpoint existed before it ran (otherwise the notebook trained it or copied it from "
+                     "its weights of record); cold_cache: the notebook started from an empty checkpoint cache; "
                      "load_average_1: the machine's load when it ended (above the thread count, other work shared "
                      "the cores and the time is an upper bound)")
-    times["notebooks"][name] = {"seconds": round(seconds, 1), "fp32_cached": fp32_cached, "cpu": cpu_model(),
+    times["notebooks"][name] = {"seconds": round(seconds, 1), "fp32_cached": fp32_cached, "cold_cache": cold,
+                                "cpu": cpu_model(),
                                 "threads": int(os.environ.get("SASREC_NB_THREADS", os.cpu_count() or 1)),
                                 "load_average_1": round(os.getloadavg()[0], 2)}
     times["notebooks"] = dict(sorted(times["notebooks"].items()))
@@ -85,12 +92,20 @@ def main(argv: list[str]) -> int:
     notebook_env()
     from sasrec_nb import config
 
-    fp32_checkpoint = config.checkpoint_dir(config.get_profile("quick")) / "fp32.pt"
+    cold = "--cold" in argv
     total = 0.0
-    for path in select(argv):
-        cached = fp32_checkpoint.exists()
-        seconds = execute(path)
-        record_time(path.stem, seconds, cached)
+    for path in select([a for a in argv if a != "--cold"]):
+        cache = tempfile.mkdtemp(prefix="sasrec-nb-cold-") if cold else None
+        if cache:
+            os.environ[config.CHECKPOINTS_ENV] = cache  # the kernel inherits it
+        cached = (config.checkpoint_dir(config.get_profile("quick")) / "fp32.pt").exists()
+        try:
+            seconds = execute(path)
+        finally:
+            if cache:
+                shutil.rmtree(cache, ignore_errors=True)
+                os.environ.pop(config.CHECKPOINTS_ENV)
+        record_time(path.stem, seconds, cached, cold)
         total += seconds
         print(f"{path.name}: {seconds:.1f} s", flush=True)
     print(f"total: {total:.1f} s")

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from sasrec_nb import files  # noqa: E402
 from sasrec_nb.config import get_profile  # noqa: E402
-from sasrec_nb.experiments import dataset_label, starting_point, train_qat  # noqa: E402
+from sasrec_nb.experiments import dataset_label, starting_point, train_qat, weights_digest  # noqa: E402
 from sasrec_nb.machine import machine_info  # noqa: E402
 from sasrec_nb.quant import quantize_model  # noqa: E402
 from sasrec_nb.training import evaluate  # noqa: E402
@@ -38,6 +38,21 @@ def label(epochs: int, lr: float, windows: str, distill: float, profile) -> str:
     are left out of it."""
     return (f"{epochs} epochs, lr {lr:g}" + ("" if windows == profile.qat_windows else f", {windows} windows")
             + ("" if distill == profile.qat_distill else f", distillation {distill:g}"))
+
+
+def earlier_runs(path: Path, profile, digest: str, fp32_valid: float) -> list[dict]:
+    """The runs of an earlier sweep at ``path``, refused unless it was made on the same profile and FP32 weights
+    (a sweep written before the digest was recorded is matched by its FP32 model's validation NDCG@10, which the
+    same weights reproduce exactly)."""
+    if not path.exists():
+        return []
+    earlier = files.read_json(path)
+    same = earlier.get("fp32_digest") == digest if "fp32_digest" in earlier \
+        else earlier.get("fp32_valid_ndcg@10") == fp32_valid
+    if earlier.get("profile") != profile.name or not same:
+        raise SystemExit(f"error: {path} was made on profile {earlier.get('profile')!r} from FP32 weights "
+                         f"{earlier.get('fp32_digest')!r}, not {profile.name!r} / {digest!r}: write to another --out")
+    return earlier["runs"]
 
 
 def main() -> int:
@@ -54,13 +69,17 @@ def main() -> int:
     parser.add_argument("--distill", type=float, nargs="+", default=None,
                         help="weights α of distillation from the FP32 model (default: the profile's qat_distill)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--append", action="store_true",
+                        help="keep the runs already in --out (same profile and FP32 model) and add these")
     args = parser.parse_args()
     base = get_profile(args.profile)
     rates = args.lr or [base.qat_lr]
     windows = args.windows or [base.qat_windows]
     distill = args.distill or [base.qat_distill]
     split, fp32, calib = starting_point(base)
-    runs = []
+    digest = weights_digest(fp32.state_dict())
+    fp32_valid = evaluate(fp32, split.valid, base.eval_batch_size)["full"]["ndcg@10"]
+    runs = earlier_runs(Path(args.out), base, digest, fp32_valid) if args.append else []
     for bits in args.bits:
         table = bits if args.embed_bits is None else args.embed_bits
         profile = replace(base, embed_bits=table)
@@ -80,8 +99,8 @@ def main() -> int:
     mean_best = {label(*s, base): mean(max(r["valid_ndcg@10"]) for r in runs if tuple(r[k] for k in keys) == s)
                  for s in settings}
     out = {"what": "validation NDCG@10 per QAT epoch, by method, bit width, QAT length and rate",
-           "profile": base.name, "dataset": dataset_label(base.dataset),
-           "fp32_valid_ndcg@10": evaluate(fp32, split.valid, base.eval_batch_size)["full"]["ndcg@10"], "runs": runs,
+           "profile": base.name, "dataset": dataset_label(base.dataset), "fp32_digest": digest,
+           "fp32_valid_ndcg@10": fp32_valid, "runs": runs,
            "mean_best_valid_ndcg@10": mean_best, "best_on_validation": max(mean_best, key=mean_best.get),
            "machine": machine_info(torch.get_num_threads())}
     files.write_json(Path(args.out), out)

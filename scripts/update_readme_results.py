@@ -44,12 +44,15 @@ def notebook_times(folder: Path) -> list[str]:
     runs = json.loads(path.read_text())["notebooks"]
     cpus = ", ".join(sorted({r["cpu"] for r in runs.values()}))
     rows = [f"| `{name}` | {r['seconds']:.0f}{' **(over 60 s)**' if r['seconds'] > 60 else ''} | {r['threads']} | "
-            f"{'cached' if r['fp32_cached'] else 'trained in the notebook'} | {r['load_average_1']:.1f} |"
+            f"{'cold (empty)' if r.get('cold_cache') else 'warm'} | "
+            f"{'cached' if r['fp32_cached'] else 'from the weights of record or trained'} | {r['load_average_1']:.1f} |"
             for name, r in runs.items()]
-    return [f"**Notebook run times** (`python scripts/execute_notebooks.py`, quick profile, {cpus}; "
-            "`results/notebook_times.json`). A load above the thread count means other work shared the cores, and the "
-            "time is an upper bound:\n",
-            "| notebook | seconds | threads | quick FP32 model | load (1 min) |\n|---|---|---|---|---|", *rows, ""]
+    return [f"**Notebook run times** (`python scripts/execute_notebooks.py [--cold]`, quick profile, {cpus}; "
+            "`results/notebook_times.json`). A cold cache is a fresh clone's: every quantized run a notebook shows is "
+            "trained in it. A load above the thread count means other work shared the cores, and the time is an upper "
+            "bound:\n",
+            "| notebook | seconds | threads | checkpoint cache | quick FP32 model | load (1 min) |\n"
+            "|---|---|---|---|---|---|", *rows, ""]
 
 
 def grid_section(df, profile: str) -> list[str]:
