@@ -52,7 +52,7 @@ def earlier_runs(path: Path, profile, digest: str, fp32_valid: float) -> list[di
     if earlier.get("profile") != profile.name or not same:
         raise SystemExit(f"error: {path} was made on profile {earlier.get('profile')!r} from FP32 weights "
                          f"{earlier.get('fp32_digest')!r}, not {profile.name!r} / {digest!r}: write to another --out")
-    return earlier["runs"]
+    return [{"distill": 0.0, **run} for run in earlier["runs"]]  # runs from before distillation had none
 
 
 def main() -> int:
