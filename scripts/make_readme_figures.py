@@ -27,8 +27,12 @@ def main() -> int:
     full = get_profile("full")
     results = report.load_results(full)
     if not results.empty:
-        title = f"NDCG@10 against weight bits — {dataset_label(full.dataset)}, full profile"
-        fig = plots.quality_vs_bits(results, title)
+        # the grid's first block (weights and tables at one width, activations at 8), each method's first seed: one
+        # point per method and width (other settings would join unrelated points into one line)
+        runs = results[(results["act_bits"] == 8) & (results["embed_bits"] == results["weight_bits"])]
+        runs = runs[~runs.duplicated(["method", "weight_bits"])]
+        title = "NDCG@10 against bits, weights and tables at the same width (activations 8) — full profile"
+        fig = plots.quality_vs_bits(results.loc[["fp32", *runs.index]], title)
         fig.savefig(out / "quality_vs_bits.png", dpi=110)
         print("docs/quality_vs_bits.png")
     for name in ("full", "quick"):
