@@ -65,7 +65,8 @@ def grid_section(df, profile: str) -> list[str]:
     targets = ([f"Its targets (`report.target_check`):\n\n"
                 f"{report.target_text(report.target_check(summary, report.TARGETS[profile]))}\n"]
                if profile in report.TARGETS else [])
-    return [f"The comparison grid (`python -m sasrec_nb.train --all --profile {profile}`): {len(runs)} quantized runs "
+    return [f"The comparison grid (`python -m sasrec_nb.train --all --profile {profile}`, or row by row with `--method`; "
+            f"each JSON records its command): {len(runs)} quantized runs "
             f"from one FP32 model, {runs['train s'].sum() / 60:.0f} min of wall time for their training and "
             f"calibration ({cpus}; evaluation not counted). % of FP32 and the intervals are full-ranking NDCG@10, "
             "paired on the same users; \"vs …\" is the paired difference of the worst seed to that post-training row, "
