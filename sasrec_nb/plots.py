@@ -436,7 +436,7 @@ def grid_overview(summary: pd.DataFrame, ptq_rows: Sequence[str], title: str = "
     ax.set(xticks=np.arange(len(settings)), xticklabels=settings, xlim=(-0.5, len(settings) - 0.5),
            xlabel="setting: W = block weights, E = item and position tables, A = activations (bits)",
            ylabel="full NDCG@10, % of FP32 (mean, seed range)", title=title)
-    ax.legend(fontsize=8, ncol=5, loc="lower left")
+    _legend_below(ax, ncol=5)
     return fig
 
 
