@@ -151,14 +151,16 @@ QAT_FIELDS = (*FP32_FIELDS, "qat_epochs", "qat_lr", "qat_windows", "quant_lr", "
               "calib_sequences")
 ADAROUND_FIELDS = (*FP32_FIELDS, "adaround_iters", "adaround_lr", "embed_bits", "calib_sequences")
 PTQ_FIELDS = (*FP32_FIELDS, "embed_bits", "calib_sequences")
+#: the control run ``fp32_ft``: the FP32 model fine-tuned with QAT's recipe, no quantizer
+FINETUNE_FIELDS = (*FP32_FIELDS, "qat_epochs", "qat_lr", "qat_windows", "qat_distill")
 
 
 def run_fields(method: str) -> tuple[str, ...]:
-    """The profile fields a run of ``method`` (``"fp32"``, ``"adaround"``, a round-to-nearest baseline ``rtn_*`` or a
-    QAT method) depends on."""
+    """The profile fields a run of ``method`` (``"fp32"``, the control ``"fp32_ft"``, ``"adaround"``, a round-to-nearest
+    baseline ``rtn_*`` or a QAT method) depends on."""
     if method.startswith("rtn_"):
         return PTQ_FIELDS
-    return {"fp32": FP32_FIELDS, "adaround": ADAROUND_FIELDS}.get(method, QAT_FIELDS)
+    return {"fp32": FP32_FIELDS, "fp32_ft": FINETUNE_FIELDS, "adaround": ADAROUND_FIELDS}.get(method, QAT_FIELDS)
 
 
 def changed_settings(saved: dict, profile: Profile, fields: tuple[str, ...]) -> list[str]:

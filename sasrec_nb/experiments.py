@@ -8,6 +8,7 @@ only by ``python -m sasrec_nb.train`` (:mod:`sasrec_nb.train`), from these same 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import shutil
 import time
@@ -31,6 +32,8 @@ from .training import fit, load_into, read_checkpoint, save_checkpoint, seed_eve
 QAT_METHODS = tuple(m for m in METHODS if m != "adaround")
 #: round-to-nearest post-training baselines (:func:`ptq_model`) and the range rule that sets all their grids
 PTQ_BASELINES = {"rtn_absmax": "absmax", "rtn_mse": "mse"}
+#: the control run (:func:`finetuned_fp32`): the FP32 model fine-tuned with QAT's recipe and no quantizer
+FINETUNED = "fp32_ft"
 
 
 @lru_cache(maxsize=4)
@@ -45,10 +48,13 @@ def load_split(profile: Profile) -> Split:
 
 def run_name(method: str, weight_bits: int | None, act_bits: int | None, embed_bits: int = 8,
              seed: int | None = None) -> str:
-    """``fp32``, or ``<method>_w<bits>[e<bits>]a<bits>[_seed<n>]``: the item and position tables' bits appear when
-    they are not 8 (where the tables stay by default), the seed when the run does not use the profile's own."""
+    """``fp32``, ``fp32_ft[_seed<n>]`` (the control, no bits), or ``<method>_w<bits>[e<bits>]a<bits>[_seed<n>]``: the
+    item and position tables' bits appear when they are not 8 (where the tables stay by default), the seed when the
+    run does not use the profile's own."""
     if method == "fp32":
         return "fp32"
+    if method == FINETUNED:
+        return FINETUNED + (f"_seed{seed}" if seed is not None else "")
     tables = f"e{embed_bits}" if embed_bits != 8 else ""
     return f"{method}_w{weight_bits}{tables}a{act_bits}" + (f"_seed{seed}" if seed is not None else "")
 
@@ -216,21 +222,46 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
 
 
 def train_qat(qmodel: nn.Module, split: Split, profile: Profile, calib, fp32: nn.Module | None = None) -> dict:
-    """Calibrate the activation grids of a freshly quantized model, then fine-tune it with the task loss
-    (``qat_epochs`` at ``qat_lr``, cosine decay, quantizer parameters in groups of their own), distilled from the
-    ``fp32`` model it started from when ``profile.qat_distill`` > 0; the history holds ``quantizer_scales`` and
-    ``quantizer_stats`` per epoch. The model keeps its best-validation epoch."""
+    """Calibrate the activation grids of a freshly quantized model, then fine-tune it (:func:`fine_tune`); the history
+    holds ``quantizer_scales`` and ``quantizer_stats`` per epoch."""
     if profile.qat_distill > 0 and fp32 is None:
         raise ValueError(f"qat_distill {profile.qat_distill} needs the FP32 model the run starts from (fp32=...)")
     calibrate_activations(qmodel, calib.split(256))
     trace = QuantizerTrace(qmodel, calib[:128])
-    groups = param_groups(qmodel, profile.qat_lr, profile.weight_decay, profile.quant_lr)
-    history = fit(qmodel, split, profile, epochs=profile.qat_epochs, lr=profile.qat_lr,
-                  param_groups=groups, eval_every=1, patience=max(2, profile.patience), schedule="cosine",
-                  windows=profile.qat_windows, on_epoch=trace,
-                  teacher=fp32 if profile.qat_distill > 0 else None, distill=profile.qat_distill)
+    history = fine_tune(qmodel, split, profile, fp32, on_epoch=trace)
     history["quantizer_scales"], history["quantizer_stats"] = trace.scales, trace.stats
     return history
+
+
+def fine_tune(model: nn.Module, split: Split, profile: Profile, fp32: nn.Module | None = None, on_epoch=None) -> dict:
+    """QAT's recipe: ``qat_epochs`` with the task loss at ``qat_lr`` (cosine decay) on ``qat_windows``, quantizer
+    parameters in groups of their own, distilled from the ``fp32`` model it started from when ``profile.qat_distill``
+    > 0. The model keeps its best-validation epoch; returns the history."""
+    groups = param_groups(model, profile.qat_lr, profile.weight_decay, profile.quant_lr)
+    return fit(model, split, profile, epochs=profile.qat_epochs, lr=profile.qat_lr,
+               param_groups=groups, eval_every=1, patience=max(2, profile.patience), schedule="cosine",
+               windows=profile.qat_windows, on_epoch=on_epoch,
+               teacher=fp32 if profile.qat_distill > 0 else None, distill=profile.qat_distill)
+
+
+def finetuned_fp32(profile: Profile, force: bool = False, seed: int | None = None) -> tuple[nn.Module, dict]:
+    """The control of every QAT row: the FP32 checkpoint fine-tuned with QAT's recipe (:func:`fine_tune`, same
+    epochs, rate, windows and seed) and no quantizer, cached like a QAT run. A QAT row measures quantization plus
+    this extra training; the control measures the extra training alone. Returns the model (eval mode) and its
+    history."""
+    check_seed(seed)
+    seed = None if seed == profile.seed else seed
+    split, fp32, _ = starting_point(profile)
+    model = copy.deepcopy(fp32)
+    path = checkpoint_dir(profile) / f"{run_name(FINETUNED, None, None, seed=seed)}.pt"
+    start = start_of(fp32, FINETUNED)
+    ckpt = cached_checkpoint(path, profile, FINETUNED, force, start)
+    if ckpt is not None:
+        load_into(model, ckpt["state_dict"], str(shown(path)))
+        return model.eval(), ckpt["meta"].get("history", {})
+    history = fine_tune(model, split, profile if seed is None else replace(profile, seed=seed), fp32)
+    save_checkpoint(path, model, {"profile": profile.to_dict(), "history": history, "start": start})
+    return model.eval(), history
 
 
 def ptq_model(profile: Profile, baseline: str, weight_bits: int | None = None,

@@ -7,12 +7,16 @@ their activation range for low bits (PACT and LSQ). Every row holds the two roun
 (``rtn_absmax``, ``rtn_mse``), AdaRound and the QAT methods (all five, or LSQ and PACT at A3 / A2); every QAT and
 AdaRound run at ≤ 4 bits anywhere is done with three seeds from the same FP32 model, so that its spread can be read
 beside its mean, and every QAT run records its paired difference to each post-training run of its row.
+
+Before the grid, with the same three seeds: the control ``fp32_ft``, the FP32 model fine-tuned with QAT's recipe and no
+quantizer (:func:`sasrec_nb.experiments.finetuned_fp32`), so that what QAT's extra training does on its own is read
+beside what a QAT row keeps. Its results sit in the results folder's ``controls/``, apart from the grid's rows.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .experiments import PTQ_BASELINES, run_name
+from .experiments import FINETUNED, PTQ_BASELINES, run_name
 from .quant import METHODS
 
 #: (weight bits, table bits, activation bits, methods): the grid's rows
@@ -47,8 +51,9 @@ def seeded(method: str) -> bool:
 
 
 def grid_runs(profile_seed: int) -> list[Run]:
-    """FP32 first (every run starts from it), then the grid row by row, each method with its seeds."""
-    runs = [FP32]
+    """FP32 first (every run starts from it), the fine-tuning control with the grid's seeds, then the grid row by row,
+    each method with its seeds."""
+    runs = [FP32, *(Run(FINETUNED, seed=s) for s in [None, *(profile_seed + k for k in EXTRA_SEEDS)])]
     for wb, eb, ab, methods in ROWS:
         low = min(wb, eb, ab) <= 4
         for m in methods:
@@ -59,12 +64,13 @@ def grid_runs(profile_seed: int) -> list[Run]:
 
 def method_runs(methods: list[str], bits: list[int], act_bits: int, embed_bits: int,
                 seeds: list[int] | None, profile_seed: int) -> list[Run]:
-    """FP32 first, then each method at each weight width (each seed; the profile's seed is the unnamed run)."""
-    runs = [FP32]
+    """FP32 first, then each method at each weight width (each seed; the profile's seed is the unnamed run); the
+    fine-tuning control has no bit widths and runs once per seed."""
+    own = list(dict.fromkeys(None if s == profile_seed else s for s in seeds)) if seeds else [None]
+    runs = [FP32, *(Run(FINETUNED, seed=s) for s in own if FINETUNED in methods)]
     for b in bits:
         for m in methods:
-            if m == "fp32":
+            if m in ("fp32", FINETUNED):
                 continue
-            own = [None if s == profile_seed else s for s in seeds] if seeds and seeded(m) else [None]
-            runs += [Run(m, b, embed_bits, act_bits, s) for s in dict.fromkeys(own)]
+            runs += [Run(m, b, embed_bits, act_bits, s) for s in (own if seeded(m) else [None])]
     return runs

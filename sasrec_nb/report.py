@@ -14,7 +14,7 @@ from .files import read_json
 from .loaders import Split
 from .training import evaluate
 
-METHOD_ORDER = ("fp32", "rtn_absmax", "rtn_mse", "ste", "lsq", "pact", "dorefa", "apot", "adaround")
+METHOD_ORDER = ("fp32", "fp32_ft", "rtn_absmax", "rtn_mse", "ste", "lsq", "pact", "dorefa", "apot", "adaround")
 #: post-training rows a QAT run is paired with (``vs_ptq`` in its results JSON)
 PTQ_ROWS = ("rtn_absmax", "rtn_mse", "adaround")
 
@@ -58,6 +58,30 @@ def load_results(profile: Profile, folder: Path | None = None) -> pd.DataFrame:
     return (df.sort_values(["order", "weight_bits", "embed_bits", "act_bits", "seed order"],
                            ascending=[True, False, False, False, True])
             .drop(columns=["order", "seed order"]).set_index("run"))
+
+
+def load_controls(profile: Profile) -> pd.DataFrame:
+    """The fine-tuning control's runs (``fp32_ft``, :func:`sasrec_nb.experiments.finetuned_fp32`) as rows of
+    :func:`load_results`, from the results folder's ``controls/`` (empty when it has not run)."""
+    folder = results_dir(profile) / "controls"
+    return load_results(profile, folder) if folder.is_dir() else pd.DataFrame()
+
+
+def control_text(controls: pd.DataFrame, profile: str) -> str:
+    """A sentence on the fine-tuning control (:func:`load_controls`): its mean and seed range as % of FP32 and every
+    seed's paired interval, i.e. what QAT's extra training does to the model without any quantizer."""
+    if controls.empty:
+        return ("The fine-tuning control (FP32 fine-tuned with QAT's recipe and no quantizer) has not run: "
+                f"python -m sasrec_nb.train --profile {profile} --method fp32_ft --seeds ...")
+    pct = controls["% of FP32"]
+    spread = f", seeds {pct.min():.1f}–{pct.max():.1f}" if len(pct) > 1 else ""
+    intervals = "; ".join(f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in zip(controls["CI low"], controls["CI high"]))
+    apart = int(((controls["CI low"] > 0) | (controls["CI high"] < 0)).sum())
+    verdict = {0: "none excludes zero", len(pct): "every one excludes zero"}.get(apart, f"{apart} of {len(pct)} exclude zero")
+    return (f"The control `fp32_ft` (the FP32 model fine-tuned with QAT's recipe — same epochs, rate, windows and "
+            f"seeds — and no quantizer; {len(pct)} run{'s' if len(pct) > 1 else ''}) keeps {pct.mean():.1f} % of "
+            f"FP32{spread}, paired 95 % intervals {intervals} ({verdict}): a QAT row's % of FP32 holds this extra "
+            f"training ({pct.mean() - 100:+.1f} points) as well as the cost of its quantizers.")
 
 
 def setting(weight_bits: int, embed_bits: int, act_bits: int) -> str:

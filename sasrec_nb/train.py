@@ -12,13 +12,15 @@ import os
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import experiments, files, grid, metrics
 from .config import PROFILES, Profile, changed_settings, get_profile, results_dir, run_fields
-from .experiments import PTQ_BASELINES, adaround_model, dataset_label, fp32_model, ptq_model, qat_model, shown
+from .experiments import (FINETUNED, PTQ_BASELINES, adaround_model, dataset_label, finetuned_fp32, fp32_model, ptq_model,
+                          qat_model, shown)
 from .grid import Run
 from .loaders import Split
 from .machine import cpu_model, isa_flags
@@ -47,7 +49,7 @@ def record(profile: Profile, run: str, method: str, weight_bits: int | None, act
         "run": run, "method": method, "weight_bits": weight_bits, "act_bits": act_bits,
         "settings": {k: getattr(profile, k) for k in run_fields(method)},
         "start": experiments.start_of(model if baseline is None else baseline, method),
-        "embed_bits": profile.embed_bits if method != "fp32" else None,
+        "embed_bits": None if method in ("fp32", FINETUNED) else profile.embed_bits,
         "seed": None if method == "fp32" or method in PTQ_BASELINES else profile.seed if seed is None else seed,
         "dataset": dataset_label(profile.dataset), "profile": profile.name,
         "test": {p: test[p] for p in metrics.PROTOCOLS}, "n_users": test["n_users"],
@@ -100,15 +102,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="the comparison grid (sasrec_nb.grid): FP32, every method and the round-to-nearest "
                            "baselines with weights and tables at 8, 4, 3, 2 bits, then activation bits; seeds at "
                            "4 bits and below")
-    what.add_argument("--method", nargs="+", choices=("fp32",) + METHODS + tuple(PTQ_BASELINES),
+    what.add_argument("--method", nargs="+", choices=("fp32", FINETUNED) + METHODS + tuple(PTQ_BASELINES),
                       help="one or more methods or round-to-nearest post-training baselines (FP32 is trained first "
-                           "if missing)")
+                           f"if missing); {FINETUNED} is the control, FP32 fine-tuned with QAT's recipe and no "
+                           "quantizer")
     parser.add_argument("--bits", type=int, nargs="+", default=None, help="weight bit widths (default: 8 4)")
     parser.add_argument("--act-bits", type=int, default=8)
     parser.add_argument("--embed-bits", type=int, default=None,
                         help="bits of the item and position tables (default: the profile's, 8)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="QAT / AdaRound seeds, one run each from the same FP32 model (default: the profile's)")
+                        help="QAT / AdaRound / control seeds, one run each from the same FP32 model (default: the "
+                             "profile's)")
     parser.add_argument("--profile", choices=list(PROFILES), default=None, help="default: $SASREC_NB_PROFILE or quick")
     parser.add_argument("--dataset", default=None, help="a registered dataset or the path of a SASRec text file")
     parser.add_argument("--force", action="store_true",
@@ -142,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"profile {profile.name} · dataset {dataset_label(profile.dataset)} · device {experiments.device()} · "
           f"{len(runs)} runs", flush=True)
     for run in runs:
-        run_profile = profile if run.method == "fp32" else replace(profile, embed_bits=run.embed_bits)
-        result = results_dir(profile) / f"{run.name}.json"
+        run_profile = profile if run.embed_bits is None else replace(profile, embed_bits=run.embed_bits)
+        result = result_path(profile, run)
         force = args.force and (run.method != "fp32" or args.all or "fp32" in args.method)
         if result.exists() and not force:
             try:
@@ -160,12 +164,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def result_path(profile: Profile, run: Run) -> Path:
+    """Where a run's results JSON goes: the profile's results folder, the fine-tuning control in its ``controls/``
+    (it is not a row of the grid)."""
+    folder = results_dir(profile)
+    return (folder / "controls" if run.method == FINETUNED else folder) / f"{run.name}.json"
+
+
 def check_run(profile: Profile, run: Run) -> None:
     """The run's bit widths (tables included) and seed, checked before anything loads or trains."""
+    experiments.check_seed(run.seed)
+    if run.method == FINETUNED:
+        return
     run_profile = replace(profile, embed_bits=run.embed_bits)
     experiments.resolve_bits(run_profile, "ste" if run.method in PTQ_BASELINES else run.method, run.weight_bits,
                              run.act_bits)
-    experiments.check_seed(run.seed)
 
 
 def run_and_record(profile: Profile, run: Run, force: bool) -> dict:
@@ -178,6 +191,9 @@ def run_and_record(profile: Profile, run: Run, force: bool) -> dict:
         experiments.keep_fp32_of_record(profile)
         return record(profile, "fp32", "fp32", None, None, model, split, history)
     fp32, _ = fp32_model(profile)
+    if method == FINETUNED:
+        model, history = finetuned_fp32(profile, force=force, seed=run.seed)
+        return record(profile, run.name, method, None, None, model, split, history, baseline=fp32, seed=run.seed)
     if method in PTQ_BASELINES:
         model, history = ptq_model(profile, method, wb, ab)
     elif method == "adaround":

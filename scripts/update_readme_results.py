@@ -58,6 +58,7 @@ def notebook_times(folder: Path) -> list[str]:
 def grid_section(df, profile: str) -> list[str]:
     """The grid of a profile (``python -m sasrec_nb.train --all``): its seed summary, its time and every run."""
     from sasrec_nb import report
+    from sasrec_nb.config import get_profile
 
     runs = df[df["method"] != "fp32"]
     cpus = ", ".join(sorted(set(runs["cpu"])))
@@ -71,7 +72,8 @@ def grid_section(df, profile: str) -> list[str]:
             f"calibration ({cpus}; evaluation not counted). % of FP32 and the intervals are full-ranking NDCG@10, "
             "paired on the same users; \"vs …\" is the paired difference of the worst seed to that post-training row, "
             "with its 95 % interval.\n",
-            report.summary_markdown(summary) + "\n", *targets,
+            report.summary_markdown(summary) + "\n",
+            report.control_text(report.load_controls(get_profile(profile)), profile) + "\n", *targets,
             "<details><summary>every run of the grid</summary>\n",
             report.markdown_table(df) + "\n",
             "</details>\n"]

@@ -226,6 +226,13 @@ def test_the_grid_holds_every_row_with_seeds_at_low_bits():
     assert "ste_w8a2" not in names  # A3 / A2 only for the methods that learn their range for it
     assert "lsq_w4e4a8_seed43" in names and "lsq_w4e4a8_seed44" in names and "adaround_w2e2a8_seed44" in names
     assert "lsq_w8a8_seed43" not in names and "rtn_mse_w2e2a8_seed43" not in names  # 8 bits, and RTN: one run
+    assert names[1:4] == ["fp32_ft", "fp32_ft_seed43", "fp32_ft_seed44"]  # the control, with the grid's seeds
+
+
+def test_the_control_runs_once_per_seed_whatever_the_bits():
+    runs = grid.method_runs(["fp32_ft", "lsq"], [8, 4], 8, 8, [42, 43], 42)
+    assert [r.name for r in runs] == ["fp32", "fp32_ft", "fp32_ft_seed43", "lsq_w8a8", "lsq_w8a8_seed43", "lsq_w4a8",
+                                      "lsq_w4a8_seed43"]
 
 
 def test_run_names_say_the_table_bits_and_the_seed_when_they_are_not_the_defaults():
@@ -322,6 +329,36 @@ def test_cli_round_to_nearest_baselines_are_recorded_without_training(home, tiny
     assert mse["test"] != absmax["test"]
     with pytest.raises(SystemExit, match="not rtn_mse"):
         train.main(["--method", "lsq", "rtn_mse", "--seeds", "1"])
+
+
+def test_the_control_is_fp32_fine_tuned_with_qats_recipe_and_no_quantizer(home, monkeypatch):
+    profile = tiny_profile()
+    fp32, _ = experiments.fp32_model(profile)
+    before = {k: v.clone() for k, v in fp32.state_dict().items()}
+    tuned, history = experiments.finetuned_fp32(profile)
+    assert not experiments.quantizers(tuned) and len(history["epochs"]) == profile.qat_epochs
+    assert all(torch.equal(v, fp32.state_dict()[k]) for k, v in before.items())  # the FP32 model itself is untouched
+    assert not torch.equal(tuned.state_dict()["blocks.0.ffn.fc1.weight"], before["blocks.0.ffn.fc1.weight"])
+    monkeypatch.setattr(experiments, "fit", lambda *a, **k: pytest.fail("retrained a cached control"))
+    again, _ = experiments.finetuned_fp32(profile)
+    seqs = experiments.load_split(profile).test.inputs[:8]
+    assert torch.equal(tuned.scores(seqs), again.scores(seqs)) and not again.training
+    with pytest.raises(ValueError, match="other settings"):
+        experiments.finetuned_fp32(replace(profile, qat_lr=profile.qat_lr * 2))
+
+
+def test_cli_records_the_control_apart_from_the_grid(home, tiny_quick):
+    assert train.main(["--method", "fp32_ft", "lsq", "--bits", "4", "--seeds", "42", "43"]) == 0
+    folder = home / "results" / slug(home) / "quick"
+    control = json.loads((folder / "controls" / "fp32_ft_seed43.json").read_text())
+    assert SCHEMA <= set(control) and control["method"] == "fp32_ft" and control["seed"] == 43
+    assert control["weight_bits"] is None and control["embed_bits"] is None and "vs_fp32" in control
+    assert control["settings"] == {k: getattr(tiny_quick, k) for k in config.FINETUNE_FIELDS}
+    assert set(report.load_results(tiny_quick, folder).index) == {"fp32", "lsq_w4a8", "lsq_w4a8_seed43"}
+    controls = report.load_controls(tiny_quick)
+    assert list(controls.index) == ["fp32_ft", "fp32_ft_seed43"]
+    text = report.control_text(controls, "quick")
+    assert f"keeps {controls['% of FP32'].mean():.1f} % of FP32" in text and "2 runs" in text
 
 
 def test_cli_takes_several_methods(home, tiny_quick, monkeypatch):

@@ -117,3 +117,17 @@ def test_target_check_reads_the_best_qat_mean_and_every_seed_against_abs_max(tab
     assert "excluding zero: **missed**." in text
     missed = report.target_text(report.target_check(summary, {"W2E2A8": 95.0}))
     assert "**missed** by 1.2 points" in missed
+
+
+def test_control_text_reports_the_fine_tuning_control_and_how_many_intervals_exclude_zero(tmp_path, monkeypatch):
+    profile = config.get_profile("quick")
+    monkeypatch.setattr(report, "results_dir", lambda _: tmp_path)
+    assert "has not run: python -m sasrec_nb.train --profile quick --method fp32_ft" in report.control_text(
+        report.load_controls(profile), "quick")
+    (tmp_path / "controls").mkdir()
+    for run, ndcg, ci, seed in (("fp32_ft", 0.204, (0.001, 0.007), 42), ("fp32_ft_seed43", 0.202, (-0.002, 0.006), 43)):
+        (tmp_path / "controls" / f"{run}.json").write_text(json.dumps(result(run, "fp32_ft", None, None, None, ndcg,
+                                                                             seed=seed, ci=ci)))
+    text = report.control_text(report.load_controls(profile), "quick")
+    assert "keeps 101.5 % of FP32, seeds 101.0–102.0" in text and "(1 of 2 exclude zero)" in text
+    assert "[+0.0010, +0.0070]; [-0.0020, +0.0060]" in text and "(+1.5 points)" in text
