@@ -1,6 +1,7 @@
 """What a fixed activation grid costs the FP32 model, by range rule, and at which quantization point.
 
     python scripts/probe_activation_ranges.py [--profile full] [--out results/analysis/activation_ranges_full.json]
+    python scripts/probe_activation_ranges.py --profile full --bits 4 --per-point   # where 4-bit activations cost
 
 DoReFa (as adapted here) and AdaRound keep every activation grid where calibration put it, with a range set by a
 rule (abs-max, percentile or MSE: ``sasrec_nb.quant.ranges``). The other four methods start from a calibrated grid
@@ -13,6 +14,10 @@ and then learn the range. This probe measures, on the profile's FP32 checkpoint:
   set by each rule, with the heaviest-tailed point (largest max / 99th percentile) left in FP32 under abs-max, with
   the residual branches on a grid per dimension (percentile, as AdaRound's default), and with only its weights at
   8 bits (per-row abs-max, round to nearest: where STE starts).
+
+``--bits`` sets the activation (and weight-only) bit width, 8 by default. ``--per-point`` adds, for every point on an
+MSE-range grid, the model with only that point quantized and the model with every point quantized but that one: which
+points a low activation width costs, one at a time and in context.
 """
 from __future__ import annotations
 
@@ -35,25 +40,25 @@ from sasrec_nb.quant import calibrate_activations, capture_inputs, quantize_mode
 from sasrec_nb.quant.apply import RESIDUAL_POINTS  # noqa: E402
 from sasrec_nb.training import evaluate  # noqa: E402
 
-BITS = 8
 
 
 def act_only(fp32: torch.nn.Module, calib: torch.Tensor, rule: str = "absmax", keep_fp32: str | None = None,
-             channel_points: tuple[str, ...] = ()) -> torch.nn.Module:
-    """The FP32 model with fixed activation grids set by ``rule`` (AdaRound's fixed grids; per embedding dimension at
-    ``channel_points``), weights FP32."""
-    model = quantize_model(fp32, "adaround", BITS, BITS, BITS, act_range_rule=rule, channel_points=channel_points)
+             channel_points: tuple[str, ...] = (), bits: int = 8, only: str | None = None) -> torch.nn.Module:
+    """The FP32 model with fixed ``bits``-bit activation grids set by ``rule`` (AdaRound's fixed grids; per embedding
+    dimension at ``channel_points``), weights FP32; the point ``keep_fp32`` left in FP32, or only the point ``only``
+    quantized."""
+    model = quantize_model(fp32, "adaround", bits, bits, bits, act_range_rule=rule, channel_points=channel_points)
     for q in quantizers(model, "weight").values():
         q.enabled = False
     calibrate_activations(model, calib.split(256))
     for name, q in quantizers(model, "act").items():
-        q.enabled = name != keep_fp32
+        q.enabled = name != keep_fp32 and (only is None or name == only)
     return model
 
 
-def weights_only(fp32: torch.nn.Module, calib: torch.Tensor) -> torch.nn.Module:
-    """The FP32 model with 8-bit per-row abs-max weights, rounded to nearest (STE's start), activations FP32."""
-    model = quantize_model(fp32, "ste", BITS, BITS, BITS, calibration=calib.split(256))
+def weights_only(fp32: torch.nn.Module, calib: torch.Tensor, bits: int = 8) -> torch.nn.Module:
+    """The FP32 model with per-row abs-max weights, rounded to nearest (STE's start), activations FP32."""
+    model = quantize_model(fp32, "ste", bits, bits, bits, calibration=calib.split(256))
     for q in quantizers(model, "act").values():
         q.enabled = False
     return model
@@ -62,12 +67,17 @@ def weights_only(fp32: torch.nn.Module, calib: torch.Tensor) -> torch.nn.Module:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="full")
-    parser.add_argument("--out", default=None, help="default: results/analysis/activation_ranges_<profile>.json")
+    parser.add_argument("--bits", type=int, default=8, help="activation bits of the fixed grids (default 8)")
+    parser.add_argument("--per-point", action="store_true",
+                        help="also each point alone on an MSE grid, and every point but that one")
+    parser.add_argument("--out", default=None,
+                        help="default: results/analysis/activation_ranges_<profile>[_a<bits>].json")
     args = parser.parse_args(argv)
+    bits = args.bits
     profile = get_profile(args.profile)
     split, fp32, calib = starting_point(profile)
 
-    as_calibrated = act_only(fp32, calib)
+    as_calibrated = act_only(fp32, calib, bits=bits)
     acts = quantizers(as_calibrated, "act")
     inputs: dict[str, list[torch.Tensor]] = {n: [] for n in acts}
     for q in acts.values():  # FP32 inputs at every point while they are captured
@@ -84,39 +94,44 @@ def main(argv: list[str]) -> int:
     points = {}
     for n in acts:
         points[n] = abs_range(torch.cat(inputs[n]), sample=2_000_000)
-        points[n]["step_at_8_bits"] = points[n]["max"] / acts[n].qrange[1]
+        points[n][f"step_at_{bits}_bits"] = points[n]["max"] / acts[n].qrange[1]
         if n.endswith(RESIDUAL_POINTS):
             points[n]["dim_max"] = torch.cat(inputs[n]).abs().amax(0).tolist()
     heaviest = max(points, key=lambda n: points[n]["max"] / points[n]["p99"])
     print(f"heaviest tail: {heaviest} ({points[heaviest]})", flush=True)
 
-    fixed = f"activations only, fixed W32A{BITS}"
+    fixed = f"activations only, fixed W32A{bits}"
     models = {
-        "fp32": fp32,
-        f"{fixed}, abs-max": as_calibrated,
-        f"{fixed}, percentile": act_only(fp32, calib, "percentile"),
-        f"{fixed}, mse": act_only(fp32, calib, "mse"),
-        f"{fixed}, abs-max, {heaviest} in FP32": act_only(fp32, calib, keep_fp32=heaviest),
-        f"{fixed}, percentile, residual branches per dimension": act_only(fp32, calib, "percentile",
-                                                                          channel_points=RESIDUAL_POINTS),
-        f"weights only, per-row abs-max W{BITS}A32": weights_only(fp32, calib),
+        "fp32": lambda: fp32,
+        f"{fixed}, abs-max": lambda: as_calibrated,
+        f"{fixed}, percentile": lambda: act_only(fp32, calib, "percentile", bits=bits),
+        f"{fixed}, mse": lambda: act_only(fp32, calib, "mse", bits=bits),
+        f"{fixed}, abs-max, {heaviest} in FP32": lambda: act_only(fp32, calib, keep_fp32=heaviest, bits=bits),
+        f"{fixed}, percentile, residual branches per dimension": lambda: act_only(
+            fp32, calib, "percentile", channel_points=RESIDUAL_POINTS, bits=bits),
+        f"weights only, per-row abs-max W{bits}A32": lambda: weights_only(fp32, calib, bits),
     }
+    if args.per_point:
+        for n in acts:
+            models[f"{fixed}, mse, only {n}"] = lambda n=n: act_only(fp32, calib, "mse", bits=bits, only=n)
+            models[f"{fixed}, mse, all but {n}"] = lambda n=n: act_only(fp32, calib, "mse", bits=bits, keep_fp32=n)
     test = {}
-    for name, model in models.items():
-        metrics = evaluate(model, split.test, profile.eval_batch_size)
+    for name, build in models.items():  # each model built when it is evaluated
+        metrics = evaluate(build(), split.test, profile.eval_batch_size)
         test[name] = {p: {k: metrics[p][k] for k in ("ndcg@10", "hit@10")} for p in ("full", "sampled100")}
         print(f"{name}: full NDCG@10 {test[name]['full']['ndcg@10']:.4f}", flush=True)
     out = {
         "what": "activation ranges of the FP32 model at each quantization point, and the cost of fixed abs-max grids",
         "profile": profile.name, "dataset": dataset_label(profile.dataset),
-        "fp32_digest": weights_digest(fp32.state_dict()), "bits": BITS,
+        "fp32_digest": weights_digest(fp32.state_dict()), "bits": bits,
         "calibration_sequences": len(calib),
         "positions": "p99, p999, max: real items only (as calibration sees them)",
         "points": points, "heaviest_tail": heaviest, "test": test,
         "machine": machine_info(torch.get_num_threads()),
         "command": "python scripts/probe_activation_ranges.py " + " ".join(argv),
     }
-    path = Path(args.out or ROOT / "results" / "analysis" / f"activation_ranges_{profile.name}.json")
+    suffix = "" if bits == 8 else f"_a{bits}"
+    path = Path(args.out or ROOT / "results" / "analysis" / f"activation_ranges_{profile.name}{suffix}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     files.write_json(path, out)
     return 0

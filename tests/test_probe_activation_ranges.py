@@ -45,3 +45,15 @@ def test_weights_only_leaves_activations_in_fp32():
     q = probe.weights_only(model, seqs)
     assert all(not a.enabled for a in quantizers(q, "act").values())
     assert all(w.enabled for w in quantizers(q, "weight").values())
+
+
+def test_act_only_at_other_bits_quantizes_one_point_or_all_but_one():
+    model, seqs = tiny()
+    acts = quantizers(probe.act_only(model, seqs, "mse", bits=4), "act")
+    assert all(a.bits == 4 and a.enabled for a in acts.values())
+    name = next(iter(acts))
+    only = quantizers(probe.act_only(model, seqs, "mse", bits=4, only=name), "act")
+    assert [n for n, a in only.items() if a.enabled] == [name]
+    but = quantizers(probe.act_only(model, seqs, "mse", bits=4, keep_fp32=name), "act")
+    assert [n for n, a in but.items() if not a.enabled] == [name]
+    assert all(w.bits == 4 for w in quantizers(probe.weights_only(model, seqs, 4), "weight").values())
