@@ -185,6 +185,47 @@ def against_ptq_text(table: pd.DataFrame, method: str, low: str) -> str:
     return text
 
 
+def best_against_ptq(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per setting of :func:`seed_summary` (grid order) with both kinds of row: the best trained row (highest mean %
+    of FP32) against the best post-training row, the gain in points, whether every seed's paired interval against that
+    post-training row lies above zero (``supported``), the best row's seeds and range, and the trained methods it
+    cannot be ranked against (:func:`separated`: seed ranges overlap)."""
+    rows = {}
+    for name in sorted(dict.fromkeys(summary.index.get_level_values("setting")), key=grid_order):
+        here = summary.xs(name, level="setting")
+        ptq = here.loc[[m for m in PTQ_ROWS if m in here.index], "% of FP32"]
+        qat = here.loc[[m for m in here.index if m not in PTQ_ROWS], "% of FP32"]
+        if ptq.empty or qat.empty:
+            continue
+        p, q = ptq.idxmax(), qat.idxmax()
+        rows[name] = {"qat": q, "qat %": qat[q], "ptq": p, "ptq %": ptq[p], "gain": qat[q] - ptq[p],
+                      "supported": here.loc[q].get(f"above {p}") is True, "seeds": int(here.loc[q, "seeds"]),
+                      "min %": here.loc[q, "min %"], "max %": here.loc[q, "max %"],
+                      "ties": [m for m in qat.index if m != q and not separated(summary, name, q, m)]}
+    return pd.DataFrame(rows).T.rename_axis("setting")
+
+
+def best_against_ptq_text(table: pd.DataFrame) -> str:
+    """:func:`best_against_ptq` as one line per setting, then the largest gain that every seed's interval supports."""
+    lines = []
+    for name, r in table.iterrows():
+        many = r["seeds"] > 1
+        spread = f" (seeds {r['min %']:.1f}–{r['max %']:.1f})" if many else " (one seed)"
+        verdict = ("every seed's interval lies above it" if many else "its interval lies above it") if r["supported"] \
+            else ("not every seed's interval lies above it" if many else "its interval does not lie above it")
+        lines.append(f"- **{name}**: best trained {r['qat']} {r['qat %']:.1f} %{spread}, best post-training {r['ptq']} "
+                     f"{r['ptq %']:.1f} %: {r['gain']:+.1f} points; {verdict}"
+                     + (f"; not ranked against {', '.join(r['ties'])} (seed ranges overlap)" if r["ties"] else "") + ".")
+    sure = table[table["supported"].astype(bool)]
+    if sure.empty:
+        return "\n".join(lines) + "\n\nNo setting has a gain that every seed's interval supports."
+    best = sure["gain"].astype(float).idxmax()
+    r = sure.loc[best]
+    seeds = "one seed" if r["seeds"] == 1 else f"{r['seeds']} seeds"
+    return ("\n".join(lines) + f"\n\nThe largest gain that every seed's interval supports is at **{best}**: "
+            f"{r['qat']} {r['gain']:+.1f} points over {r['ptq']} ({seeds}).")
+
+
 #: the targets the comparison grid was set (issue 15), per setting: the best QAT row's mean % of FP32 at least this
 TARGETS = {"full": {"W4E4A8": 99.0, "W2E2A8": 90.0, "W4E4A4": 97.0}}
 #: the setting where, on the full profile, every QAT method must also beat round to nearest with an abs-max range

@@ -131,3 +131,16 @@ def test_control_text_reports_the_fine_tuning_control_and_how_many_intervals_exc
     text = report.control_text(report.load_controls(profile), "quick")
     assert "keeps 101.5 % of FP32, seeds 101.0–102.0" in text and "(1 of 2 exclude zero)" in text
     assert "[+0.0010, +0.0070]; [-0.0020, +0.0060]" in text and "(+1.5 points)" in text
+
+
+def test_best_against_ptq_names_the_best_rows_and_the_supported_gain(table):
+    gains = report.best_against_ptq(report.seed_summary(table))
+    assert list(gains.index) == ["W2E2A8"]  # W8E8A8 has no post-training row here
+    row = gains.loc["W2E2A8"]
+    assert (row["qat"], row["ptq"], row["seeds"], row["ties"]) == ("pact", "rtn_absmax", 2, ["lsq"])
+    assert abs(row["gain"] - (93.75 - 60.0)) < 1e-9 and row["supported"] is True  # both PACT seeds lie above
+    text = report.best_against_ptq_text(gains)
+    assert ("- **W2E2A8**: best trained pact 93.8 % (seeds 92.5–95.0), best post-training rtn_absmax 60.0 %: "
+            "+33.8 points; every seed's interval lies above it; not ranked against lsq (seed ranges overlap).") in text
+    assert text.endswith("The largest gain that every seed's interval supports is at **W2E2A8**: pact +33.8 points "
+                         "over rtn_absmax (2 seeds).")
