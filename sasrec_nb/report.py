@@ -77,7 +77,8 @@ def control_text(controls: pd.DataFrame, profile: str) -> str:
     spread = f", seeds {pct.min():.1f}–{pct.max():.1f}" if len(pct) > 1 else ""
     intervals = "; ".join(f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in zip(controls["CI low"], controls["CI high"]))
     apart = int(((controls["CI low"] > 0) | (controls["CI high"] < 0)).sum())
-    verdict = {0: "none excludes zero", len(pct): "every one excludes zero"}.get(apart, f"{apart} of {len(pct)} exclude zero")
+    verdict = {0: "none excludes zero", len(pct): "every one excludes zero"}.get(
+        apart, f"{apart} of {len(pct)} exclude zero")
     return (f"The control `fp32_ft` (the FP32 model fine-tuned with QAT's recipe — same epochs, rate, windows and "
             f"seeds — and no quantizer; {len(pct)} run{'s' if len(pct) > 1 else ''}) keeps {pct.mean():.1f} % of "
             f"FP32{spread}, paired 95 % intervals {intervals} ({verdict}): a QAT row's % of FP32 holds this extra "
