@@ -55,6 +55,29 @@ def earlier_runs(path: Path, profile, digest: str, fp32_valid: float) -> list[di
     return [{"distill": 0.0, **run} for run in earlier["runs"]]  # runs from before distillation had none
 
 
+RECIPE = ("epochs", "qat_lr", "windows", "distill")
+CASE = ("method", "bits", "embed_bits")
+
+
+def mean_best_by_setting(runs: list[dict], profile) -> dict[str, float]:
+    """Each (length, rate, windows, distillation) setting's best validation NDCG@10, averaged over the (method, bit
+    widths) cases that *every* setting ran, so that a setting added later for fewer methods (``--append``) is not
+    compared on another set of cases. A case that only some settings ran is left out of every mean."""
+    def recipe(run: dict) -> tuple:
+        return tuple(run[k] for k in RECIPE)
+
+    def case(run: dict) -> tuple:
+        return tuple(run.get(k) for k in CASE)  # sweeps from before table bits were recorded have no embed_bits
+
+    recipes = sorted({recipe(r) for r in runs})
+    cases = set.intersection(*({case(r) for r in runs if recipe(r) == s} for s in recipes))
+    if not cases:
+        raise SystemExit("error: no (method, bits) case ran under every setting: the settings cannot be compared; "
+                         "run the missing ones with --append")
+    return {label(*s, profile): mean(max(r["valid_ndcg@10"]) for r in runs if recipe(r) == s and case(r) in cases)
+            for s in recipes}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="quick")
@@ -94,10 +117,7 @@ def main() -> int:
                          "best_epoch": history["best_epoch"], "seconds": round(time.perf_counter() - started, 1)})
             print(f"{method} W{bits}E{table}A8, {epochs} epochs at {lr:g} on {window} windows, distillation "
                   f"{alpha:g}: best valid {max(curve):.4f} at epoch {history['best_epoch']}", flush=True)
-    keys = ("epochs", "qat_lr", "windows", "distill")
-    settings = sorted({tuple(r[k] for k in keys) for r in runs})
-    mean_best = {label(*s, base): mean(max(r["valid_ndcg@10"]) for r in runs if tuple(r[k] for k in keys) == s)
-                 for s in settings}
+    mean_best = mean_best_by_setting(runs, base)
     out = {"what": "validation NDCG@10 per QAT epoch, by method, bit width, QAT length and rate",
            "profile": base.name, "dataset": dataset_label(base.dataset), "fp32_digest": digest,
            "fp32_valid_ndcg@10": fp32_valid, "runs": runs,
