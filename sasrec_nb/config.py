@@ -92,6 +92,8 @@ class Profile:
     # QAT fine-tuning from the FP32 checkpoint (always with a cosine decay of the learning rate)
     qat_epochs: int = 4
     qat_lr: float = 5e-5
+    qat_lr_low_bits: float | None = None  # the rate of QAT runs with weights or tables at ≤ low_bits; None: qat_lr
+    low_bits: int = 2
     qat_windows: str = "last"  # training windows QAT fine-tunes on (a few epochs: the most recent suffice)
     quant_lr: float = 1e-2     # relative step of quantizer parameters per Adam update (see quant.param_groups)
     qat_distill: float = 0.0   # weight α of distillation from the FP32 model in the QAT loss (losses.py); 0: none
@@ -121,7 +123,7 @@ class Profile:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"profile {self.name!r}: {name} must be a whole number of at least 1, got {value!r}")
-        for name in ("weight_bits", "act_bits", "embed_bits"):
+        for name in ("weight_bits", "act_bits", "embed_bits", "low_bits"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
                 raise ValueError(f"profile {self.name!r}: {name} must be a whole number of bits (1 to 16), "
@@ -131,7 +133,8 @@ class Profile:
                              f"got {self.qat_distill!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"profile {self.name!r}: dropout must lie in [0, 1), got {self.dropout!r}")
-        for name in ("lr", "qat_lr", "quant_lr", "adaround_lr", "weight_decay", "min_delta"):
+        rates = ("lr", "qat_lr", "quant_lr", "adaround_lr", "weight_decay", "min_delta")
+        for name in rates + (("qat_lr_low_bits",) if self.qat_lr_low_bits is not None else ()):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"profile {self.name!r}: {name} must be ≥ 0, got {getattr(self, name)!r}")
 
@@ -153,6 +156,15 @@ ADAROUND_FIELDS = (*FP32_FIELDS, "adaround_iters", "adaround_lr", "embed_bits", 
 PTQ_FIELDS = (*FP32_FIELDS, "embed_bits", "calib_sequences")
 #: the control run ``fp32_ft``: the FP32 model fine-tuned with QAT's recipe, no quantizer
 FINETUNE_FIELDS = (*FP32_FIELDS, "qat_epochs", "qat_lr", "qat_windows", "qat_distill")
+
+
+def qat_recipe(profile: Profile, weight_bits: int) -> Profile:
+    """The profile a QAT run with weights at ``weight_bits`` (tables at ``profile.embed_bits``) fine-tunes with:
+    ``qat_lr_low_bits`` in place of ``qat_lr`` when the weights or the tables are at ``low_bits`` or fewer, where
+    validation favours a higher rate than at 4 and 8 bits (``PROFILES`` below states the sweeps). A run records the
+    rate it trained with (``qat_lr``), so a cached run is stale exactly when its own rate changed."""
+    low = profile.qat_lr_low_bits is not None and min(weight_bits, profile.embed_bits) <= profile.low_bits
+    return replace(profile, qat_lr=profile.qat_lr_low_bits) if low else profile
 
 
 def run_fields(method: str) -> tuple[str, ...]:

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from . import files
-from .config import Profile, changed_settings, checkpoint_dir, device, project_root, results_dir, run_fields
+from .config import (Profile, changed_settings, checkpoint_dir, device, project_root, qat_recipe, results_dir,
+                     run_fields)
 from .data import REGISTRY, dataset_slug, load_dataset
 from .loaders import Split, calibration_sequences, leave_one_out
 from .model import SASRec
@@ -193,7 +194,8 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
     """A QAT model fine-tuned from the FP32 checkpoint, cached like the FP32 one.
 
     ``seed`` (default: the profile's) seeds the fine-tuning only (batch order, dropout): every seed starts from the
-    same FP32 model and the same calibration, so seeds measure what QAT itself varies.
+    same FP32 model and the same calibration, so seeds measure what QAT itself varies. The rate is the profile's
+    for the run's bit widths (:func:`sasrec_nb.config.qat_recipe`).
 
     Returns the model, in eval mode, and its history (with ``quantizer_scales`` per epoch). AdaRound is not QAT:
     use :func:`adaround_model`.
@@ -204,6 +206,7 @@ def qat_model(profile: Profile, method: str, weight_bits: int | None = None, act
         raise ValueError(f"qat_model trains one of {', '.join(QAT_METHODS)}, not {method!r}{hint}")
     wb, ab = resolve_bits(profile, method, weight_bits, act_bits)
     check_seed(seed)
+    profile = qat_recipe(profile, wb)
     seed = None if seed == profile.seed else seed  # the profile's own seed is the run without a seed in its name
     split, fp32, calib = starting_point(profile)
     qmodel = quantize_model(fp32, method, wb, ab, profile.embed_bits)

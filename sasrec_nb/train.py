@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from . import experiments, files, grid, metrics
-from .config import PROFILES, Profile, changed_settings, get_profile, results_dir, run_fields
-from .experiments import (FINETUNED, PTQ_BASELINES, adaround_model, dataset_label, finetuned_fp32, fp32_model, ptq_model,
-                          qat_model, shown)
+from .config import PROFILES, Profile, changed_settings, get_profile, qat_recipe, results_dir, run_fields
+from .experiments import (FINETUNED, PTQ_BASELINES, QAT_METHODS, adaround_model, dataset_label, finetuned_fp32,
+                          fp32_model, ptq_model, qat_model, shown)
 from .grid import Run
 from .loaders import Split
 from .machine import cpu_model, isa_flags
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"profile {profile.name} · dataset {dataset_label(profile.dataset)} · device {experiments.device()} · "
           f"{len(runs)} runs", flush=True)
     for run in runs:
-        run_profile = profile if run.embed_bits is None else replace(profile, embed_bits=run.embed_bits)
+        run_profile = profile_of(profile, run)
         result = result_path(profile, run)
         force = args.force and (run.method != "fp32" or args.all or "fp32" in args.method)
         if result.exists() and not force:
@@ -162,6 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         files.write_json(result, run_and_record(run_profile, run, force))
         print(f"  {run.name}: done in {time.perf_counter() - started:.0f} s -> {shown(result)}", flush=True)
     return 0
+
+
+def profile_of(profile: Profile, run: Run) -> Profile:
+    """The profile a run trains with: the run's table bits and, for a QAT run, the rate of its bit widths
+    (:func:`sasrec_nb.config.qat_recipe`), so that its results record the settings it was trained with."""
+    if run.embed_bits is None:
+        return profile
+    tables = replace(profile, embed_bits=run.embed_bits)
+    return qat_recipe(tables, run.weight_bits) if run.method in QAT_METHODS else tables
 
 
 def result_path(profile: Profile, run: Run) -> Path:

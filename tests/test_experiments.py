@@ -106,6 +106,41 @@ def test_cli_writes_the_results_of_record_then_skips_them(home, tiny_quick, caps
     assert f"fp32: results exist (results/{slug(home)}/quick/fp32.json)" in capsys.readouterr().out
 
 
+def test_runs_at_low_bits_fine_tune_at_the_low_bit_rate_and_record_it(home, monkeypatch):
+    """config.qat_recipe: weights or tables at ≤ low_bits train at qat_lr_low_bits, others at qat_lr; the run's
+    checkpoint and results record the rate it used, so changing one rate makes only its own runs stale."""
+    profile = replace(tiny_profile(), qat_lr_low_bits=1e-3, low_bits=2)
+    monkeypatch.setitem(config.PROFILES, "quick", profile)
+    assert train.main(["--method", "lsq", "--bits", "2", "4", "--embed-bits", "8"]) == 0
+    assert train.main(["--method", "lsq", "--bits", "8", "--embed-bits", "2"]) == 0
+    folder, cache = home / "results" / slug(home) / "quick", home / "checkpoints" / slug(home) / "quick"
+    rate = {run: json.loads((folder / f"{run}.json").read_text())["settings"]["qat_lr"]
+            for run in ("lsq_w2a8", "lsq_w4a8", "lsq_w8e2a8")}
+    assert rate == {"lsq_w2a8": 1e-3, "lsq_w4a8": profile.qat_lr, "lsq_w8e2a8": 1e-3}
+    assert training.read_checkpoint(cache / "lsq_w2a8.pt")["meta"]["profile"]["qat_lr"] == 1e-3
+    monkeypatch.setattr(experiments, "fit", lambda *a, **k: pytest.fail("retrained a cached run"))
+    experiments.qat_model(profile, "lsq", 2, 8)  # the cache holds the run at the low-bit rate: loaded
+    assert train.main(["--method", "lsq", "--bits", "2", "4"]) == 0  # the results hold their own rates: not stale
+    monkeypatch.setitem(config.PROFILES, "quick", replace(profile, qat_lr_low_bits=2e-3))
+    assert train.main(["--method", "lsq", "--bits", "4"]) == 0  # the 4-bit run's rate did not change
+    with pytest.raises(SystemExit, match=r"lsq_w2a8\.json was produced with other settings(.|\n)*"
+                                         r"qat_lr: 0\.001 -> 0\.002"):
+        train.main(["--method", "lsq", "--bits", "2"])
+
+
+def test_qat_recipe_swaps_the_rate_only_at_low_bits():
+    base = tiny_profile()
+    assert config.qat_recipe(base, 2) is base  # no low-bit rate: one rate everywhere
+    low = replace(base, qat_lr_low_bits=3e-3, low_bits=3)
+    assert [config.qat_recipe(low, b).qat_lr for b in (8, 4, 3, 2)] == [base.qat_lr, base.qat_lr, 3e-3, 3e-3]
+    assert config.qat_recipe(replace(low, embed_bits=3), 8).qat_lr == 3e-3  # the tables count too
+    assert config.qat_recipe(config.qat_recipe(low, 2), 2) == config.qat_recipe(low, 2)
+    with pytest.raises(ValueError, match="qat_lr_low_bits must be ≥ 0"):
+        replace(base, qat_lr_low_bits=-1.0)
+    with pytest.raises(ValueError, match="low_bits must be a whole number of bits"):
+        replace(base, low_bits=0)
+
+
 def test_cli_writes_missing_results_from_a_cached_checkpoint(home, tiny_quick, monkeypatch):
     """A checkpoint whose results JSON was deleted (or never written): the CLI writes it from the checkpoint."""
     experiments.fp32_model(tiny_quick)
