@@ -48,14 +48,15 @@ def load_split(profile: Profile) -> Split:
 
 
 def run_name(method: str, weight_bits: int | None, act_bits: int | None, embed_bits: int = 8,
-             seed: int | None = None) -> str:
-    """``fp32``, ``fp32_ft[_seed<n>]`` (the control, no bits), or ``<method>_w<bits>[e<bits>]a<bits>[_seed<n>]``: the
-    item and position tables' bits appear when they are not 8 (where the tables stay by default), the seed when the
-    run does not use the profile's own."""
+             seed: int | None = None, qat_lr: float | None = None) -> str:
+    """``fp32``, ``fp32_ft[_lr<rate>][_seed<n>]`` (the control, no bits; the rate when it is not the profile's
+    ``qat_lr``), or ``<method>_w<bits>[e<bits>]a<bits>[_seed<n>]``: the item and position tables' bits appear when
+    they are not 8 (where the tables stay by default), the seed when the run does not use the profile's own."""
     if method == "fp32":
         return "fp32"
     if method == FINETUNED:
-        return FINETUNED + (f"_seed{seed}" if seed is not None else "")
+        rate = f"_lr{qat_lr:g}" if qat_lr is not None else ""
+        return FINETUNED + rate + (f"_seed{seed}" if seed is not None else "")
     tables = f"e{embed_bits}" if embed_bits != 8 else ""
     return f"{method}_w{weight_bits}{tables}a{act_bits}" + (f"_seed{seed}" if seed is not None else "")
 
@@ -247,23 +248,27 @@ def fine_tune(model: nn.Module, split: Split, profile: Profile, fp32: nn.Module 
                teacher=fp32 if profile.qat_distill > 0 else None, distill=profile.qat_distill)
 
 
-def finetuned_fp32(profile: Profile, force: bool = False, seed: int | None = None) -> tuple[nn.Module, dict]:
+def finetuned_fp32(profile: Profile, force: bool = False, seed: int | None = None,
+                   qat_lr: float | None = None) -> tuple[nn.Module, dict]:
     """The control of every QAT row: the FP32 checkpoint fine-tuned with QAT's recipe (:func:`fine_tune`, same
     epochs, rate, windows and seed) and no quantizer, cached like a QAT run. A QAT row measures quantization plus
-    this extra training; the control measures the extra training alone. Returns the model (eval mode) and its
-    history."""
+    this extra training; the control measures the extra training alone. ``qat_lr`` (default: the profile's) is the
+    rate of the QAT rows it stands beside, e.g. ``profile.qat_lr_low_bits`` (:func:`config.qat_recipe`); a rate other
+    than the profile's ``qat_lr`` is part of the run's name. Returns the model (eval mode) and its history."""
     check_seed(seed)
     seed = None if seed == profile.seed else seed
+    qat_lr = None if qat_lr == profile.qat_lr else qat_lr
+    recipe = profile if qat_lr is None else replace(profile, qat_lr=qat_lr)
     split, fp32, _ = starting_point(profile)
     model = copy.deepcopy(fp32)
-    path = checkpoint_dir(profile) / f"{run_name(FINETUNED, None, None, seed=seed)}.pt"
+    path = checkpoint_dir(profile) / f"{run_name(FINETUNED, None, None, seed=seed, qat_lr=qat_lr)}.pt"
     start = start_of(fp32, FINETUNED)
-    ckpt = cached_checkpoint(path, profile, FINETUNED, force, start)
+    ckpt = cached_checkpoint(path, recipe, FINETUNED, force, start)
     if ckpt is not None:
         load_into(model, ckpt["state_dict"], str(shown(path)))
         return model.eval(), ckpt["meta"].get("history", {})
-    history = fine_tune(model, split, profile if seed is None else replace(profile, seed=seed), fp32)
-    save_checkpoint(path, model, {"profile": profile.to_dict(), "history": history, "start": start})
+    history = fine_tune(model, split, recipe if seed is None else replace(recipe, seed=seed), fp32)
+    save_checkpoint(path, model, {"profile": recipe.to_dict(), "history": history, "start": start})
     return model.eval(), history
 
 

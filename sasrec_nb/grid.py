@@ -10,12 +10,14 @@ beside its mean, and every QAT run records its paired difference to each post-tr
 
 Before the grid, with the same three seeds: the control ``fp32_ft``, the FP32 model fine-tuned with QAT's recipe and no
 quantizer (:func:`sasrec_nb.experiments.finetuned_fp32`), so that what QAT's extra training does on its own is read
-beside what a QAT row keeps. Its results sit in the results folder's ``controls/``, apart from the grid's rows.
+beside what a QAT row keeps; once per QAT rate of the grid (a profile with ``qat_lr_low_bits`` trains its low-bit rows
+at another rate). Its results sit in the results folder's ``controls/``, apart from the grid's rows.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from .config import Profile, qat_recipe
 from .experiments import FINETUNED, PTQ_BASELINES, run_name
 from .quant import METHODS
 
@@ -30,17 +32,19 @@ EXTRA_SEEDS = (1, 2)
 
 @dataclass(frozen=True)
 class Run:
-    """One run of record; ``seed`` None means the profile's own (and is left out of the name)."""
+    """One run of record; ``seed`` None means the profile's own (and is left out of the name); ``qat_lr`` is the
+    control's rate where it is not the profile's ``qat_lr``."""
 
     method: str
     weight_bits: int | None = None
     embed_bits: int | None = None
     act_bits: int | None = None
     seed: int | None = None
+    qat_lr: float | None = None
 
     @property
     def name(self) -> str:
-        return run_name(self.method, self.weight_bits, self.act_bits, self.embed_bits or 8, self.seed)
+        return run_name(self.method, self.weight_bits, self.act_bits, self.embed_bits or 8, self.seed, self.qat_lr)
 
 
 FP32 = Run("fp32")
@@ -50,24 +54,33 @@ def seeded(method: str) -> bool:
     return method not in PTQ_BASELINES and method != "fp32"
 
 
-def grid_runs(profile_seed: int) -> list[Run]:
-    """FP32 first (every run starts from it), the fine-tuning control with the grid's seeds, then the grid row by row,
-    each method with its seeds."""
-    runs = [FP32, *(Run(FINETUNED, seed=s) for s in [None, *(profile_seed + k for k in EXTRA_SEEDS)])]
+def control_rates(profile: Profile, widths: list[tuple[int, int]]) -> list[float | None]:
+    """The QAT rates of runs at these (weight, table) widths, each once, as a control's ``Run.qat_lr`` (None for the
+    profile's own ``qat_lr``)."""
+    rates = (qat_recipe(replace(profile, embed_bits=eb), wb).qat_lr for wb, eb in widths)
+    return list(dict.fromkeys(None if lr == profile.qat_lr else lr for lr in rates))
+
+
+def grid_runs(profile: Profile) -> list[Run]:
+    """FP32 first (every run starts from it), the fine-tuning control with the grid's seeds at each QAT rate of the
+    grid, then the grid row by row, each method with its seeds."""
+    seeds = [None, *(profile.seed + k for k in EXTRA_SEEDS)]
+    rates = control_rates(profile, [(wb, eb) for wb, eb, _, _ in ROWS])
+    runs = [FP32, *(Run(FINETUNED, seed=s, qat_lr=lr) for lr in rates for s in seeds)]
     for wb, eb, ab, methods in ROWS:
         low = min(wb, eb, ab) <= 4
         for m in methods:
-            seeds = [None, *(profile_seed + k for k in EXTRA_SEEDS)] if low and seeded(m) else [None]
-            runs += [Run(m, wb, eb, ab, s) for s in seeds]
+            runs += [Run(m, wb, eb, ab, s) for s in (seeds if low and seeded(m) else [None])]
     return runs
 
 
 def method_runs(methods: list[str], bits: list[int], act_bits: int, embed_bits: int,
-                seeds: list[int] | None, profile_seed: int) -> list[Run]:
+                seeds: list[int] | None, profile: Profile) -> list[Run]:
     """FP32 first, then each method at each weight width (each seed; the profile's seed is the unnamed run); the
-    fine-tuning control has no bit widths and runs once per seed."""
-    own = list(dict.fromkeys(None if s == profile_seed else s for s in seeds)) if seeds else [None]
-    runs = [FP32, *(Run(FINETUNED, seed=s) for s in own if FINETUNED in methods)]
+    fine-tuning control has no bit widths: it runs once per seed at each QAT rate those widths train with."""
+    own = list(dict.fromkeys(None if s == profile.seed else s for s in seeds)) if seeds else [None]
+    rates = control_rates(profile, [(b, embed_bits) for b in bits]) if FINETUNED in methods else []
+    runs = [FP32, *(Run(FINETUNED, seed=s, qat_lr=lr) for lr in rates for s in own)]
     for b in bits:
         for m in methods:
             if m in ("fp32", FINETUNED):

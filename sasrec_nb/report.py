@@ -36,7 +36,7 @@ def load_results(profile: Profile, folder: Path | None = None) -> pd.DataFrame:
             "sampled100 Hit@10": r["test"]["sampled100"]["hit@10"],
             "model MB": r["model_bytes"] / 1e6, "train s": r["train_seconds"], "s/epoch": r["seconds_per_epoch"],
             "epochs": r["epochs"], "best epoch": r.get("best_epoch"), "n_users": r["n_users"],
-            "cpu": r.get("cpu", ""),
+            "cpu": r.get("cpu", ""), "QAT lr": r.get("settings", {}).get("qat_lr"),
             "embed_bits": r.get("embed_bits") or 32, "seed": r.get("seed"),
             "FP32 digest": r.get("start", {}).get("fp32"),
         }
@@ -68,21 +68,36 @@ def load_controls(profile: Profile) -> pd.DataFrame:
 
 
 def control_text(controls: pd.DataFrame, profile: str) -> str:
-    """A sentence on the fine-tuning control (:func:`load_controls`): its mean and seed range as % of FP32 and every
-    seed's paired interval, i.e. what QAT's extra training does to the model without any quantizer."""
+    """A sentence on the fine-tuning control (:func:`load_controls`), one per QAT rate it ran at: its mean and seed range
+    as % of FP32 and every seed's paired interval, i.e. what QAT's extra training does to the model without any
+    quantizer."""
     if controls.empty:
         return ("The fine-tuning control (FP32 fine-tuned with QAT's recipe and no quantizer) has not run: "
                 f"python -m sasrec_nb.train --profile {profile} --method fp32_ft --seeds ...")
-    pct = controls["% of FP32"]
-    spread = f", seeds {pct.min():.1f}–{pct.max():.1f}" if len(pct) > 1 else ""
-    intervals = "; ".join(f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in zip(controls["CI low"], controls["CI high"]))
-    apart = int(((controls["CI low"] > 0) | (controls["CI high"] < 0)).sum())
-    verdict = {0: "none excludes zero", len(pct): "every one excludes zero"}.get(
-        apart, f"{apart} of {len(pct)} exclude zero")
-    return (f"The control `fp32_ft` (the FP32 model fine-tuned with QAT's recipe — same epochs, rate, windows and "
-            f"seeds — and no quantizer; {len(pct)} run{'s' if len(pct) > 1 else ''}) keeps {pct.mean():.1f} % of "
-            f"FP32{spread}, paired 95 % intervals {intervals} ({verdict}): a QAT row's % of FP32 holds this extra "
-            f"training ({pct.mean() - 100:+.1f} points) as well as the cost of its quantizers.")
+    # one sentence per rate, the profile's own rate (the runs without _lr in their name) first
+    groups = sorted(controls.groupby("QAT lr", sort=False, dropna=False),
+                    key=lambda group: all(run.startswith("fp32_ft_lr") for run in group[1].index))
+
+    def result(runs: pd.DataFrame) -> str:
+        pct = runs["% of FP32"]
+        spread = f", seeds {pct.min():.1f}–{pct.max():.1f}" if len(pct) > 1 else ""
+        intervals = "; ".join(f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in zip(runs["CI low"], runs["CI high"]))
+        apart = int(((runs["CI low"] > 0) | (runs["CI high"] < 0)).sum())
+        verdict = {0: "none excludes zero", len(pct): "every one excludes zero"}.get(
+            apart, f"{apart} of {len(pct)} exclude zero")
+        return (f"{len(pct)} run{'s' if len(pct) > 1 else ''}) keeps {pct.mean():.1f} % of FP32{spread}, paired 95 % "
+                f"intervals {intervals} ({verdict})")
+
+    (rate, usual), others = groups[0], groups[1:]
+    pct = usual["% of FP32"]
+    at = f" at lr {rate:g}" if others else ""
+    text = (f"The control `fp32_ft` (the FP32 model fine-tuned with QAT's recipe — same epochs, rate, windows and "
+            f"seeds — and no quantizer{at}; {result(usual)}: a QAT row's % of FP32 holds this extra training "
+            f"({pct.mean() - 100:+.1f} points) as well as the cost of its quantizers.")
+    for rate, runs in others:
+        text += (f" At the rate of the low-bit rows, lr {rate:g}, the control (`{runs.index[0].split('_seed')[0]}`; "
+                 f"{result(runs)}: {runs['% of FP32'].mean() - 100:+.1f} points from the training alone.")
+    return text
 
 
 def setting(weight_bits: int, embed_bits: int, act_bits: int) -> str:

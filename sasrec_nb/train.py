@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds is not None and unseeded:
             raise ValueError(f"--seeds applies to QAT and AdaRound runs, not {', '.join(unseeded)} (the FP32 model "
                              "uses the profile's seed; round to nearest has no randomness)")
-        runs = grid.grid_runs(profile.seed) if args.all else grid.method_runs(
+        runs = grid.grid_runs(profile) if args.all else grid.method_runs(
             args.method, args.bits or [8, 4], args.act_bits,
-            profile.embed_bits if args.embed_bits is None else args.embed_bits, args.seeds, profile.seed)
+            profile.embed_bits if args.embed_bits is None else args.embed_bits, args.seeds, profile)
         for run in runs[1:]:  # every bit width and seed is checked before anything loads or trains
             check_run(profile, run)
         experiments.load_split(profile)  # a missing or bad data file fails here, before any training
@@ -159,14 +159,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {run.name}: results exist ({shown(result)}); --force to redo")
             continue
         started = time.perf_counter()
-        files.write_json(result, run_and_record(run_profile, run, force))
+        files.write_json(result, run_and_record(profile, run, force))
         print(f"  {run.name}: done in {time.perf_counter() - started:.0f} s -> {shown(result)}", flush=True)
     return 0
 
 
 def profile_of(profile: Profile, run: Run) -> Profile:
     """The profile a run trains with: the run's table bits and, for a QAT run, the rate of its bit widths
-    (:func:`sasrec_nb.config.qat_recipe`), so that its results record the settings it was trained with."""
+    (:func:`sasrec_nb.config.qat_recipe`; the control: its own rate), so that its results record the settings it was
+    trained with."""
+    if run.method == FINETUNED and run.qat_lr is not None:
+        return replace(profile, qat_lr=run.qat_lr)
     if run.embed_bits is None:
         return profile
     tables = replace(profile, embed_bits=run.embed_bits)
@@ -190,19 +193,21 @@ def check_run(profile: Profile, run: Run) -> None:
                              run.act_bits)
 
 
-def run_and_record(profile: Profile, run: Run, force: bool) -> dict:
-    """The run (trained, or loaded when its checkpoint is cached) and its results JSON; ``profile`` carries the
-    run's table bits."""
-    split = experiments.load_split(profile)
+def run_and_record(base: Profile, run: Run, force: bool) -> dict:
+    """The run (trained, or loaded when its checkpoint is cached) and its results JSON; ``base`` is the CLI's profile,
+    the run's table bits and rate are applied here (:func:`profile_of`)."""
+    split = experiments.load_split(base)
     method, wb, ab = run.method, run.weight_bits, run.act_bits
     if method == "fp32":
-        model, history = fp32_model(profile, force=force)
-        experiments.keep_fp32_of_record(profile)
-        return record(profile, "fp32", "fp32", None, None, model, split, history)
-    fp32, _ = fp32_model(profile)
+        model, history = fp32_model(base, force=force)
+        experiments.keep_fp32_of_record(base)
+        return record(base, "fp32", "fp32", None, None, model, split, history)
+    fp32, _ = fp32_model(base)
     if method == FINETUNED:
-        model, history = finetuned_fp32(profile, force=force, seed=run.seed)
-        return record(profile, run.name, method, None, None, model, split, history, baseline=fp32, seed=run.seed)
+        model, history = finetuned_fp32(base, force=force, seed=run.seed, qat_lr=run.qat_lr)
+        return record(profile_of(base, run), run.name, method, None, None, model, split, history, baseline=fp32,
+                      seed=run.seed)
+    profile = profile_of(base, run)
     if method in PTQ_BASELINES:
         model, history = ptq_model(profile, method, wb, ab)
     elif method == "adaround":

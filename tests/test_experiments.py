@@ -128,6 +128,21 @@ def test_runs_at_low_bits_fine_tune_at_the_low_bit_rate_and_record_it(home, monk
         train.main(["--method", "lsq", "--bits", "2"])
 
 
+def test_the_control_at_the_low_bit_rate_is_a_run_of_its_own(home, monkeypatch):
+    profile = replace(tiny_profile(), qat_lr_low_bits=1e-3)
+    monkeypatch.setitem(config.PROFILES, "quick", profile)
+    assert train.main(["--method", "fp32_ft", "--bits", "8", "2"]) == 0
+    folder = home / "results" / slug(home) / "quick" / "controls"
+    names = sorted(p.name for p in folder.glob("*.json"))
+    assert names == ["fp32_ft.json", "fp32_ft_lr0.001.json"]
+    assert [json.loads((folder / n).read_text())["settings"]["qat_lr"] for n in names] == [profile.qat_lr, 1e-3]
+    monkeypatch.setattr(experiments, "fit", lambda *a, **k: pytest.fail("retrained a cached run"))
+    usual, _ = experiments.finetuned_fp32(profile)
+    faster, _ = experiments.finetuned_fp32(profile, qat_lr=1e-3)
+    assert not torch.equal(usual.item_emb.weight, faster.item_emb.weight)
+    assert report.load_controls(profile)["QAT lr"].tolist() == [profile.qat_lr, 1e-3]
+
+
 def test_qat_recipe_swaps_the_rate_only_at_low_bits():
     base = tiny_profile()
     assert config.qat_recipe(base, 2) is base  # no low-bit rate: one rate everywhere
@@ -244,14 +259,14 @@ def test_cli_checks_every_bit_width_before_anything_loads_or_trains(home, tiny_q
 
 
 def test_method_runs_start_with_fp32_and_name_the_profiles_seed_plainly():
-    runs = grid.method_runs(["lsq", "pact"], [8, 4], 8, 8, None, 42)
+    runs = grid.method_runs(["lsq", "pact"], [8, 4], 8, 8, None, tiny_profile())
     assert runs[0] == grid.FP32 and len(runs) == 5 and grid.Run("pact", 4, 8, 8) in runs
-    seeded = grid.method_runs(["lsq", "rtn_mse"], [4], 8, 4, [42, 43], 42)
+    seeded = grid.method_runs(["lsq", "rtn_mse"], [4], 8, 4, [42, 43], tiny_profile())
     assert [r.name for r in seeded] == ["fp32", "lsq_w4e4a8", "lsq_w4e4a8_seed43", "rtn_mse_w4e4a8"]
 
 
 def test_the_grid_holds_every_row_with_seeds_at_low_bits():
-    runs = grid.grid_runs(42)
+    runs = grid.grid_runs(tiny_profile())
     names = [r.name for r in runs]
     assert names[0] == "fp32" and len(names) == len(set(names))
     for b in (8, 4, 3, 2):
@@ -262,12 +277,21 @@ def test_the_grid_holds_every_row_with_seeds_at_low_bits():
     assert "lsq_w4e4a8_seed43" in names and "lsq_w4e4a8_seed44" in names and "adaround_w2e2a8_seed44" in names
     assert "lsq_w8a8_seed43" not in names and "rtn_mse_w2e2a8_seed43" not in names  # 8 bits, and RTN: one run
     assert names[1:4] == ["fp32_ft", "fp32_ft_seed43", "fp32_ft_seed44"]  # the control, with the grid's seeds
+    assert not any(n.startswith("fp32_ft_lr") for n in names)  # one QAT rate: one control
+    low = [r.name for r in grid.grid_runs(replace(tiny_profile(), qat_lr_low_bits=3e-3))]
+    assert low[1:7] == ["fp32_ft", "fp32_ft_seed43", "fp32_ft_seed44",  # a control at each rate of the grid
+                        "fp32_ft_lr0.003", "fp32_ft_lr0.003_seed43", "fp32_ft_lr0.003_seed44"]
+    assert low[7:] == names[4:]
 
 
-def test_the_control_runs_once_per_seed_whatever_the_bits():
-    runs = grid.method_runs(["fp32_ft", "lsq"], [8, 4], 8, 8, [42, 43], 42)
+def test_the_control_runs_once_per_seed_and_rate_whatever_the_bits():
+    runs = grid.method_runs(["fp32_ft", "lsq"], [8, 4], 8, 8, [42, 43], tiny_profile())
     assert [r.name for r in runs] == ["fp32", "fp32_ft", "fp32_ft_seed43", "lsq_w8a8", "lsq_w8a8_seed43", "lsq_w4a8",
                                       "lsq_w4a8_seed43"]
+    low = replace(tiny_profile(), qat_lr_low_bits=3e-3)
+    assert [r.name for r in grid.method_runs(["fp32_ft"], [2], 8, 8, None, low)] == ["fp32", "fp32_ft_lr0.003"]
+    assert [r.name for r in grid.method_runs(["fp32_ft"], [8, 4, 2], 8, 8, None, low)] == [
+        "fp32", "fp32_ft", "fp32_ft_lr0.003"]
 
 
 def test_run_names_say_the_table_bits_and_the_seed_when_they_are_not_the_defaults():
@@ -405,11 +429,11 @@ def test_cli_takes_several_methods(home, tiny_quick, monkeypatch):
 
 def test_cli_all_runs_the_grid_in_order(home, tiny_quick, monkeypatch):
     done = []
-    monkeypatch.setattr(train, "run_and_record",
-                        lambda profile, run, force: done.append((run, profile.embed_bits)) or {})
+    monkeypatch.setattr(train, "run_and_record", lambda profile, run, force: done.append((run, profile)) or {})
     assert train.main(["--all"]) == 0
-    assert [r for r, _ in done] == grid.grid_runs(tiny_quick.seed)
-    assert all(eb == (r.embed_bits or tiny_quick.embed_bits) for r, eb in done)  # each run gets its table bits
+    assert [r for r, _ in done] == grid.grid_runs(tiny_quick)
+    assert all(p == tiny_quick for _, p in done)  # the CLI's profile: each run applies its own bits and rate
+    assert all(train.profile_of(tiny_quick, r).embed_bits == (r.embed_bits or tiny_quick.embed_bits) for r, _ in done)
 
 
 def test_a_qat_result_is_paired_with_every_post_training_run_of_its_bits(home, tiny_quick):

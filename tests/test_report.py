@@ -133,6 +133,21 @@ def test_control_text_reports_the_fine_tuning_control_and_how_many_intervals_exc
     assert "[+0.0010, +0.0070]; [-0.0020, +0.0060]" in text and "(+1.5 points)" in text
 
 
+def test_control_text_reads_each_rate_of_the_control_apart(tmp_path, monkeypatch):
+    profile = config.get_profile("quick")
+    monkeypatch.setattr(report, "results_dir", lambda _: tmp_path)
+    (tmp_path / "controls").mkdir()
+    for run, ndcg, lr, seed in (("fp32_ft", 0.200, 2e-4, 42), ("fp32_ft_lr0.003", 0.196, 3e-3, 42),
+                                ("fp32_ft_lr0.003_seed43", 0.194, 3e-3, 43)):
+        out = {**result(run, "fp32_ft", None, None, None, ndcg, seed=seed, ci=(-0.02, -0.001)),
+               "settings": {"qat_lr": lr}}
+        (tmp_path / "controls" / f"{run}.json").write_text(json.dumps(out))
+    text = report.control_text(report.load_controls(profile), "quick")
+    assert "no quantizer at lr 0.0002; 1 run) keeps 100.0 % of FP32, paired" in text and "(+0.0 points)" in text
+    assert ("At the rate of the low-bit rows, lr 0.003, the control (`fp32_ft_lr0.003`; 2 runs) keeps 97.5 % of FP32, "
+            "seeds 97.0–98.0") in text and "(every one excludes zero): -2.5 points from the training alone." in text
+
+
 def test_best_against_ptq_names_the_best_rows_and_the_supported_gain(table):
     gains = report.best_against_ptq(report.seed_summary(table))
     assert list(gains.index) == ["W2E2A8"]  # W8E8A8 has no post-training row here
