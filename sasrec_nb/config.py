@@ -187,12 +187,14 @@ def changed_settings(saved: dict, profile: Profile, fields: tuple[str, ...]) -> 
 #: QAT length and rate are chosen on validation (``scripts/sweep_qat_length.py``, results/sweeps/qat_length_*.json).
 #: Full profile, LSQ W2E2A8: best validation NDCG@10 0.131 (6 epochs at 1e-4), 0.147 (6 at 3e-4), 0.147 (12 at 1e-4),
 #: 0.151 (12 at 3e-4), FP32 0.195: the higher rate counts most; doubling the length adds 0.004 (2 % of FP32) at twice
-#: the CPU time (about 500 s a run on one core), so the full grid runs 6 epochs at 3e-4. A later sweep from the FP32
-#: weights of record (results/sweeps/qat_rate_full.json) found higher rates better at 2 bits: 0.145 (6 epochs at
-#: 3e-4), 0.153 (1e-3), 0.156 (3e-3), 0.163 (12 epochs at 3e-3). At W4E4A8 (results/sweeps/qat_rate_full_4bit.json)
-#: the rate moves STE and LSQ by at most 0.5 % of FP32 (0.190 / 0.189 at 3e-4, 0.189 / 0.190 at 3e-3): 3e-3 is the
-#: rate of the next full grid. The committed full grid was run at 3e-4 and a cached run of other settings is refused,
-#: so the profile keeps 3e-4 until the grid is run again.
+#: the CPU time (about 500 s a run on one core), so the full grid runs 6 epochs at 3e-4. Later sweeps from the FP32
+#: weights of record (results/sweeps/qat_rate_full*.json, best validation NDCG@10 of 6 epochs, FP32 0.194) put the best
+#: rate at different places for different widths: at W2E2A8 (LSQ) 0.145 at 3e-4, 0.153 at 1e-3, 0.156 at 3e-3 (0.163
+#: with 12 epochs); at W3E3A8 3e-3 is ahead for LSQ and STE (0.1801 / 0.1813 against 0.1763 / 0.1776); at W4E4A8 the
+#: rates are within 0.001 (STE, LSQ); at W8E8A8 3e-4 is ahead (0.1928 / 0.1934 against 0.1920 / 0.1915). So the grid's
+#: next run takes 3e-3 where the weights or tables are at 3 bits or fewer and 3e-4 elsewhere (``qat_lr_low_bits``,
+#: ``low_bits``, :func:`qat_recipe`). The committed full grid was run at 3e-4 everywhere and a cached run of other
+#: settings is refused, so the profile sets no low-bit rate until its rows at 3 and 2 bits are run again.
 PROFILES: dict[str, Profile] = {
     "quick": Profile(name="quick", dataset="ml-100k", embed_dim=128, num_heads=4, num_blocks=2, max_len=50,
                      dropout=0.2, lr=3e-3, batch_size=64, epochs=12, patience=100, eval_every=2,

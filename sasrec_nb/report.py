@@ -357,3 +357,22 @@ def sweep_table(sweep: dict, rows: str, columns: tuple[str, ...], value: str = "
     one row per value of the setting ``rows``, one column per combination of ``columns``, ``value`` in the cells."""
     records = [{**json.loads(key), value: run[value]} for key, run in sweep["runs"].items()]
     return pd.DataFrame(records).pivot_table(index=rows, columns=list(columns), values=value)
+
+
+def rate_by_width(sweeps: list[dict], epochs: int) -> pd.DataFrame:
+    """QAT rate sweeps (``scripts/sweep_qat_length.py`` JSON, each from one FP32 model) read per setting: for each
+    width (weights and tables; activations at 8) and rate, the best validation NDCG@10 of an ``epochs``-long run without
+    distillation as % of FP32's, averaged over the methods that ran every rate of that setting (``methods``)."""
+    rows = [{"setting": setting(r["bits"], r.get("embed_bits") or r["bits"], 8), "method": r["method"],
+             "lr": r["qat_lr"], "%": 100 * max(r["valid_ndcg@10"]) / sweep["fp32_valid_ndcg@10"]}
+            for sweep in sweeps for r in sweep["runs"] if r["epochs"] == epochs and not r.get("distill")]
+    runs = pd.DataFrame(rows)
+    out = {}
+    for name, runs_at in runs.groupby("setting"):
+        rates = sorted(runs_at["lr"].unique())
+        methods = sorted(set.intersection(*(set(runs_at.loc[runs_at["lr"] == lr, "method"]) for lr in rates)))
+        common = runs_at[runs_at["method"].isin(methods)]
+        out[name] = {**common.groupby("lr")["%"].mean().to_dict(), "methods": ", ".join(methods)}
+    table = pd.DataFrame.from_dict(out, orient="index")
+    table = table[sorted(c for c in table if c != "methods") + ["methods"]]
+    return table.loc[sorted(table.index, key=grid_order)]

@@ -159,3 +159,20 @@ def test_best_against_ptq_names_the_best_rows_and_the_supported_gain(table):
             "+33.8 points; every seed's interval lies above it; not ranked against lsq (seed ranges overlap).") in text
     assert text.endswith("The largest gain that every seed's interval supports is at **W2E2A8**: pact +33.8 points "
                          "over rtn_absmax (2 seeds).")
+
+
+def test_rate_by_width_compares_rates_on_the_methods_that_ran_each():
+    def run(method, bits, lr, best, epochs=6, distill=0.0):
+        return {"method": method, "bits": bits, "embed_bits": bits, "epochs": epochs, "qat_lr": lr, "distill": distill,
+                "valid_ndcg@10": [best / 2, best]}
+    two = {"fp32_valid_ndcg@10": 0.2, "runs": [run("lsq", 2, 3e-4, 0.10), run("lsq", 2, 3e-3, 0.12),
+                                               run("lsq", 2, 3e-3, 0.16, epochs=12),  # another length: left out
+                                               run("lsq", 2, 3e-4, 0.19, distill=0.5)]}  # distilled: left out
+    eight = {"fp32_valid_ndcg@10": 0.4, "runs": [run("ste", 8, 3e-4, 0.40), run("ste", 8, 3e-3, 0.38),
+                                                 run("lsq", 8, 3e-4, 0.38), run("lsq", 8, 3e-3, 0.36),
+                                                 run("pact", 8, 3e-3, 0.10)]}  # one rate only: left out
+    table = report.rate_by_width([two, eight], epochs=6)
+    assert list(table.index) == ["W8E8A8", "W2E2A8"] and list(table.columns) == [3e-4, 3e-3, "methods"]
+    assert table.loc["W8E8A8", 3e-4] == pytest.approx(97.5) and table.loc["W8E8A8", 3e-3] == pytest.approx(92.5)
+    assert table.loc["W2E2A8", 3e-4] == pytest.approx(50.0) and table.loc["W2E2A8", 3e-3] == pytest.approx(60.0)
+    assert table.loc["W8E8A8", "methods"] == "lsq, ste" and table.loc["W2E2A8", "methods"] == "lsq"
