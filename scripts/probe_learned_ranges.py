@@ -37,7 +37,7 @@ METHODS = ("pact", "lsq")
 
 def clip_level(q: nn.Module) -> float:
     """The largest level of the grid: PACT's α, or LSQ's step times its largest code Q_P."""
-    return q.scale.float().mean().item() * (1 if q.method == "pact" else q.qrange[1])
+    return q.levels().max().item()
 
 
 @torch.no_grad()
