@@ -26,7 +26,7 @@ from .data import REGISTRY, dataset_slug, load_dataset
 from .loaders import Split, calibration_sequences, leave_one_out
 from .model import SASRec
 from .quant import METHODS, calibrate_activations, check_bits, param_groups, quantize_model, quantizers, ranges
-from .trace import QuantizerTrace
+from .trace import PROBE_SEQUENCES, QuantizerTrace
 from .training import fit, load_into, read_checkpoint, save_checkpoint, seed_everything
 
 #: the methods :func:`qat_model` trains (AdaRound is post-training: :func:`adaround_model`)
@@ -231,7 +231,7 @@ def train_qat(qmodel: nn.Module, split: Split, profile: Profile, calib, fp32: nn
     if profile.qat_distill > 0 and fp32 is None:
         raise ValueError(f"qat_distill {profile.qat_distill} needs the FP32 model the run starts from (fp32=...)")
     calibrate_activations(qmodel, calib.split(256))
-    trace = QuantizerTrace(qmodel, calib[:128])
+    trace = QuantizerTrace(qmodel, calib[:PROBE_SEQUENCES])
     history = fine_tune(qmodel, split, profile, fp32, on_epoch=trace)
     history["quantizer_scales"], history["quantizer_stats"] = trace.scales, trace.stats
     return history

@@ -6,6 +6,9 @@ from torch import nn
 
 from .quant import capture_inputs, quantizers
 
+#: how many calibration sequences a QAT run's trace reads each epoch (the first ones)
+PROBE_SEQUENCES = 128
+
 
 @torch.no_grad()
 def abs_range(x: torch.Tensor, sample: int = 200_000) -> dict[str, float]:

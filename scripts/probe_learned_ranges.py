@@ -30,7 +30,7 @@ from sasrec_nb.config import get_profile, qat_recipe  # noqa: E402
 from sasrec_nb.experiments import dataset_label, ptq_model, qat_model, starting_point, weights_digest  # noqa: E402
 from sasrec_nb.machine import machine_info  # noqa: E402
 from sasrec_nb.quant import calibrate_activations, capture_inputs, quantize_model, quantizers  # noqa: E402
-from sasrec_nb.trace import abs_range  # noqa: E402
+from sasrec_nb.trace import PROBE_SEQUENCES, abs_range  # noqa: E402
 
 METHODS = ("pact", "lsq")
 
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     profile = get_profile(args.profile)
     seeds = args.seeds or [profile.seed]
     _, fp32, calib = starting_point(profile)
-    probe = calib[:128]  # the sequences QuantizerTrace reads
+    probe = calib[:PROBE_SEQUENCES]  # the sequences a run's trace reads
     runs, post_training = [], []
     for bits in args.act_bits:
         post_training.append({"method": "rtn_mse", "weight_bits": 8, "embed_bits": profile.embed_bits,
@@ -80,7 +80,11 @@ def main(argv: list[str]) -> int:
                 model, history = qat_model(profile, method, 8, bits, seed=seed)
                 recorded = history["quantizer_scales"]
                 for name, q in quantizers(start, "act").items():  # the start rebuilt is the run's start
-                    assert math.isclose(recorded[name][0], q.scale.float().mean().item(), rel_tol=1e-4), name
+                    if not math.isclose(recorded[name][0], q.scale.float().mean().item(), rel_tol=1e-4):
+                        raise ValueError(f"{method} W8A{bits} seed {seed}: the cached run started {name} at "
+                                         f"{recorded[name][0]:.6g}, a fresh calibration at "
+                                         f"{q.scale.float().mean().item():.6g}; retrain it (python -m "
+                                         "sasrec_nb.train --method ... --force) before probing")
                 after = grid_use(model, probe)
                 runs.append({"method": method, "weight_bits": 8, "embed_bits": profile.embed_bits, "act_bits": bits,
                              "seed": seed, "qat_lr": qat_recipe(profile, 8).qat_lr, "epochs": history["epochs"],
